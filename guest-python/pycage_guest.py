@@ -1,0 +1,202 @@
+"""WIT export glue: the only Python code the pycage host calls.
+
+Imported once, at build time, inside componentize-py's pre-initialisation:
+it imports the handler's entry module (so the handler and everything it
+imports land in the snapshot), checks the route table and writes a build
+report the host reads. At request time the host calls `Handler.routes` or
+`Handler.dispatch` on a fresh instance of that snapshot.
+
+No exception may escape an export (it would abort the instance), so every
+path below ends in a WIT value.
+"""
+
+import importlib
+import io
+import json
+import os
+import sys
+import traceback
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.exports import handler as wit
+
+import pycage
+import pycage_build_config as config
+from pycage import _router
+from pycage._convert import to_wire
+from pycage._http import Headers, HTTPError, Request
+
+# Output a handler prints while being imported at build time is captured up
+# to this many characters and shown by the host (the rest is dropped).
+_BUILD_OUTPUT_LIMIT = 64 * 1024
+_TRACEBACK_LIMIT = 64 * 1024
+
+
+class _NoRoutes(Exception):
+    pass
+
+
+class _CappedText(io.TextIOBase):
+    def __init__(self, limit):
+        self.limit = limit
+        self.parts = []
+        self.size = 0
+        self.truncated = False
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        room = self.limit - self.size
+        if len(text) > room:
+            self.truncated = True
+            text = text[: max(room, 0)]
+        self.parts.append(text)
+        self.size += len(text)
+        return len(text)
+
+    def getvalue(self):
+        return "".join(self.parts)
+
+
+def _describe(exc):
+    name = type(exc).__name__
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
+def _format_traceback(exc):
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except BaseException:  # a broken traceback module must not abort the instance
+        text = _describe(exc) + "\n"
+    if len(text) > _TRACEBACK_LIMIT:
+        text = "...(truncated)...\n" + text[-_TRACEBACK_LIMIT:]
+    return text
+
+
+def _handler_location(exc):
+    """(file, line) of the innermost frame inside the handler's own tree."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return exc.filename, exc.lineno
+    location = (None, None)
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename.startswith(config.APP_GUEST_DIR + "/"):
+            location = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return location
+
+
+def _write_report(report):
+    with open(config.REPORT_PATH, "w", encoding="utf-8") as f:
+        json.dump(report, f)
+
+
+def _load():
+    captured = _CappedText(_BUILD_OUTPUT_LIMIT)
+    saved = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = captured
+    try:
+        module = importlib.import_module(config.ENTRY_MODULE)
+        if not (getattr(module, "__file__", None) or "").startswith(config.APP_GUEST_DIR + "/"):
+            raise ImportError(
+                f"the handler module name {config.ENTRY_MODULE!r} is taken by the standard "
+                "library; rename the handler file"
+            )
+        routes = _router.table()
+        if not routes:
+            raise _NoRoutes(
+                f"{config.ENTRY_MODULE} declares no routes: decorate a function with @route(...)"
+            )
+    except BaseException as exc:
+        sys.stdout, sys.stderr = saved
+        file, line = _handler_location(exc)
+        if isinstance(exc, _NoRoutes):
+            kind = "no-routes"
+        elif isinstance(exc, SyntaxError):
+            kind = "syntax-error"
+        elif isinstance(exc, _router.RouteError):
+            kind = "route-error"
+        else:
+            kind = "import-error"
+        _write_report({
+            "ok": False,
+            "kind": kind,
+            "message": exc.msg if isinstance(exc, SyntaxError) else _describe(exc),
+            "exception": type(exc).__name__,
+            "file": file,
+            "line": line,
+            "traceback": _format_traceback(exc),
+            "output": captured.getvalue(),
+            "output_truncated": captured.truncated,
+        })
+        raise
+    sys.stdout, sys.stderr = saved
+    _write_report({
+        "ok": True,
+        "routes": [
+            {"pattern": r.pattern, "methods": list(r.methods), "handler": r.name} for r in routes
+        ],
+        "output": captured.getvalue(),
+        "output_truncated": captured.truncated,
+    })
+    return [wit.Route(pattern=r.pattern, methods=list(r.methods), handler=r.name) for r in routes]
+
+
+_ROUTES = _load()
+
+
+def _exception_error(exc):
+    return Err(wit.DispatchError_HandlerException(
+        wit.ExceptionInfo(message=_describe(exc), traceback=_format_traceback(exc))
+    ))
+
+
+def _call(request):
+    try:
+        os.chdir(pycage.APP_DIR)
+    except OSError:
+        pass
+    headers = Headers((h.name, bytes(h.value).decode("latin-1")) for h in request.headers)
+    req = Request(request.method, request.path, request.query, headers, request.body)
+    try:
+        route, params = _router.match(request.method, request.path)
+    except _router.NotFound:
+        raise Err(wit.DispatchError_NotFound())
+    except _router.MethodNotAllowed as exc:
+        raise Err(wit.DispatchError_MethodNotAllowed(list(exc.allowed)))
+    req.path_params = params
+    try:
+        result = route.func(req, **params) if route.wants_request else route.func(**params)
+    except HTTPError as exc:
+        result = exc.to_response()
+    status, response_headers, body = to_wire(result)
+    if request.method == "HEAD":
+        body = b""
+    return wit.Response(
+        status=status,
+        headers=[wit.Header(name=name, value=value) for name, value in response_headers],
+        body=body,
+    )
+
+
+class Handler(exports.Handler):
+    def routes(self):
+        return _ROUTES
+
+    def dispatch(self, request):
+        try:
+            return _call(request)
+        except Err:
+            raise
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt included
+            try:
+                error = _exception_error(exc)
+            except BaseException:
+                error = Err(wit.DispatchError_HandlerException(
+                    wit.ExceptionInfo(message="exception while reporting an exception", traceback="")
+                ))
+            raise error
