@@ -1,0 +1,458 @@
+//! Turning a handler into a cached, compiled sandbox image.
+//!
+//! A cache miss runs componentize-py (which imports the handler inside a
+//! pre-initialised CPython and snapshots it), then Cranelift-compiles the
+//! component once and stores the native artifact. A cache hit does neither.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::cache::{self, Cache};
+use crate::error::LoadError;
+use crate::guest;
+use crate::stage::{HandlerSource, Snapshot};
+use crate::wit;
+
+/// One row of the route table, as declared with `@route`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub pattern: String,
+    pub methods: Vec<String>,
+    pub handler: String,
+}
+
+/// What is recorded next to a built image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    pub pycage_version: String,
+    pub wit_version: String,
+    pub entry_module: String,
+}
+
+/// Progress and diagnostics while loading; the CLI prints them, an embedder
+/// may log or ignore them.
+#[derive(Debug)]
+pub enum LoadEvent<'a> {
+    /// A file or directory entry that was not copied into the image.
+    Skipped { path: &'a Path, reason: &'a str },
+    /// A one-time export of the standard library is starting.
+    PreparingStdlib,
+    /// The handler is being built (cache miss).
+    Building { source: &'a Path },
+    /// Output the handler printed while being imported at build time.
+    BuildOutput { text: &'a str, truncated: bool },
+    /// The build finished.
+    Built { elapsed: Duration },
+}
+
+/// A built image in the cache.
+pub(crate) struct Built {
+    pub dir: PathBuf,
+    pub meta: Meta,
+    pub component: Component,
+    pub cache_hit: bool,
+}
+
+impl Built {
+    pub(crate) fn app_dir(dir: &Path) -> PathBuf {
+        dir.join("app")
+    }
+}
+
+const ARTIFACT: &str = "sandbox.cwasm";
+const META: &str = "meta.json";
+
+/// Bring `source` into the cache (building it on a miss) and load its component.
+pub(crate) fn ensure_built(
+    engine: &Engine,
+    cache: &Cache,
+    source: &HandlerSource,
+    build_timeout: Duration,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<Built, LoadError> {
+    let snapshot = source.snapshot()?;
+    for (path, reason) in &snapshot.skipped {
+        on_event(LoadEvent::Skipped { path, reason });
+    }
+    let key = cache::handler_key(&source.entry_module, &snapshot);
+    let dir = cache.handler_dir(&key);
+    if let Some(built) = load_cached(engine, cache, &dir)? {
+        return Ok(built);
+    }
+
+    let stdlib = ensure_stdlib(cache, build_timeout, on_event)?;
+    debug_assert!(stdlib.is_dir());
+    let started = Instant::now();
+    on_event(LoadEvent::Building {
+        source: &source.path,
+    });
+    let scratch = cache.scratch_for(&dir)?;
+    let meta = build_into(
+        engine,
+        cache,
+        source,
+        &snapshot,
+        scratch.path(),
+        build_timeout,
+        on_event,
+    )?;
+    cache.publish(scratch, &dir)?;
+    on_event(LoadEvent::Built {
+        elapsed: started.elapsed(),
+    });
+    let component = deserialize(engine, &dir)?;
+    Ok(Built {
+        dir,
+        meta,
+        component,
+        cache_hit: false,
+    })
+}
+
+fn load_cached(engine: &Engine, cache: &Cache, dir: &Path) -> Result<Option<Built>, LoadError> {
+    let meta_path = dir.join(META);
+    let Ok(text) = fs::read_to_string(&meta_path) else {
+        return Ok(None);
+    };
+    let meta: Meta = serde_json::from_str(&text).map_err(|e| {
+        cache.error(
+            &meta_path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    let component = deserialize(engine, dir)?;
+    Ok(Some(Built {
+        dir: dir.to_path_buf(),
+        meta,
+        component,
+        cache_hit: true,
+    }))
+}
+
+fn deserialize(engine: &Engine, dir: &Path) -> Result<Component, LoadError> {
+    let path = dir.join(ARTIFACT);
+    // SAFETY: the artifact was produced by `Component::serialize` of this very
+    // engine configuration and written by us into the private cache root;
+    // wasmtime additionally checks its header against this engine's version
+    // and settings before using it.
+    let component = unsafe { Component::deserialize_file(engine, &path) }.map_err(|source| {
+        LoadError::Compile {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    wit::check_exports(engine, &component).map_err(|found| LoadError::WitVersionMismatch {
+        path,
+        found,
+        expected: format!("{}@{}", wit::WIT_INTERFACE, wit::WIT_VERSION),
+    })?;
+    Ok(component)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_into(
+    engine: &Engine,
+    cache: &Cache,
+    source: &HandlerSource,
+    snapshot: &Snapshot,
+    scratch: &Path,
+    build_timeout: Duration,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<Meta, LoadError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| cache.error(&path, source)
+    };
+    let app = Built::app_dir(scratch);
+    let framework = scratch.join("framework");
+    let wit_dir = scratch.join("wit");
+    let wasm = scratch.join("component.wasm");
+    snapshot.write_to(&app).map_err(io(&app))?;
+    guest::write_framework(&framework, &source.entry_module).map_err(io(&framework))?;
+    fs::create_dir_all(&wit_dir).map_err(io(&wit_dir))?;
+    fs::write(wit_dir.join("handler.wit"), wit::WIT_SOURCE).map_err(io(&wit_dir))?;
+
+    // The framework comes first (mounted at /0) so a handler file cannot
+    // shadow it; the handler is /1 (see guest::GUEST_IMPORT_DIR).
+    let generated = componentize(
+        &wit_dir,
+        &[&framework, &app],
+        guest::APP_MODULE,
+        &wasm,
+        build_timeout,
+    );
+    let report = read_report(&framework.join(guest::BUILD_REPORT));
+    if let Some(report) = &report
+        && !report.output.is_empty()
+    {
+        on_event(LoadEvent::BuildOutput {
+            text: &report.output,
+            truncated: report.output_truncated,
+        });
+    }
+    match (report, generated) {
+        (Some(report), _) if !report.ok => return Err(report.into_error(source)),
+        (_, Err(BuildFailure::Timeout)) => {
+            return Err(LoadError::BuildTimeout {
+                path: source.path.clone(),
+                timeout: build_timeout,
+            });
+        }
+        (_, Err(BuildFailure::Failed(detail))) => {
+            return Err(LoadError::Build {
+                path: source.path.clone(),
+                detail,
+            });
+        }
+        (None, Ok(())) => {
+            return Err(LoadError::Build {
+                path: source.path.clone(),
+                detail: "the guest wrote no build report".into(),
+            });
+        }
+        (Some(_), Ok(())) => (),
+    };
+
+    let component = Component::from_file(engine, &wasm).map_err(|source| LoadError::Compile {
+        path: wasm.clone(),
+        source,
+    })?;
+    wit::check_exports(engine, &component).map_err(|found| LoadError::WitVersionMismatch {
+        path: source.path.clone(),
+        found,
+        expected: format!("{}@{}", wit::WIT_INTERFACE, wit::WIT_VERSION),
+    })?;
+    let artifact = component.serialize().map_err(|source| LoadError::Compile {
+        path: wasm.clone(),
+        source,
+    })?;
+    fs::write(scratch.join(ARTIFACT), artifact).map_err(io(scratch))?;
+    let meta = Meta {
+        pycage_version: env!("CARGO_PKG_VERSION").into(),
+        wit_version: wit::WIT_VERSION.into(),
+        entry_module: source.entry_module.clone(),
+    };
+    let meta_json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+    fs::write(scratch.join(META), meta_json).map_err(io(scratch))?;
+    for leftover in [&framework, &wit_dir] {
+        fs::remove_dir_all(leftover).map_err(io(leftover))?;
+    }
+    fs::remove_file(&wasm).map_err(io(&wasm))?;
+    Ok(meta)
+}
+
+/// Export the stdlib with precompiled bytecode, once per toolchain.
+fn ensure_stdlib(
+    cache: &Cache,
+    build_timeout: Duration,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<PathBuf, LoadError> {
+    let dir = cache.stdlib_dir();
+    if dir.join("python").is_dir() {
+        return Ok(dir);
+    }
+    on_event(LoadEvent::PreparingStdlib);
+    let scratch = cache.scratch_for(&dir)?;
+    let io = |path: &Path, source| cache.error(path, source);
+    let exporter = scratch.path().join("exporter");
+    let wit_dir = scratch.path().join("wit");
+    let out = scratch.path().join("out");
+    for d in [&exporter, &wit_dir, &out] {
+        fs::create_dir_all(d).map_err(|e| io(d, e))?;
+    }
+    fs::write(
+        exporter.join(format!("{}.py", guest::STDLIB_EXPORTER_MODULE)),
+        guest::STDLIB_EXPORTER,
+    )
+    .map_err(|e| io(&exporter, e))?;
+    fs::write(wit_dir.join("handler.wit"), wit::WIT_SOURCE).map_err(|e| io(&wit_dir, e))?;
+    // The exporter does its work while being imported; the component
+    // componentize-py then writes is of no use and is discarded.
+    let discard = scratch.path().join("discard.wasm");
+    // The exporter writes to /0; its own module is found through /1.
+    match componentize(
+        &wit_dir,
+        &[&out, &exporter],
+        guest::STDLIB_EXPORTER_MODULE,
+        &discard,
+        build_timeout,
+    ) {
+        Ok(()) => {}
+        Err(failure) => {
+            return Err(LoadError::Build {
+                path: dir.clone(),
+                detail: format!("exporting the standard library: {failure}"),
+            });
+        }
+    }
+    if !out.join("python").is_dir() {
+        return Err(LoadError::Build {
+            path: dir,
+            detail: "the standard library export produced nothing".into(),
+        });
+    }
+    fs::rename(out.join("python"), scratch.path().join("python")).map_err(|e| io(&out, e))?;
+    fs::rename(
+        out.join("export-report.txt"),
+        scratch.path().join("export-report.txt"),
+    )
+    .ok();
+    for d in [&exporter, &wit_dir, &out] {
+        fs::remove_dir_all(d).map_err(|e| io(d, e))?;
+    }
+    let _ = fs::remove_file(&discard);
+    cache.publish(scratch, &dir)?;
+    Ok(dir)
+}
+
+#[derive(Debug)]
+enum BuildFailure {
+    Timeout,
+    Failed(String),
+}
+
+impl std::fmt::Display for BuildFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildFailure::Timeout => f.write_str("timed out"),
+            BuildFailure::Failed(detail) => f.write_str(detail),
+        }
+    }
+}
+
+/// Run componentize-py. Its future is `!Send`, so it gets a thread and a
+/// current-thread runtime of its own; the caller waits at most `timeout`.
+fn componentize(
+    wit_dir: &Path,
+    python_path: &[&Path],
+    app_name: &str,
+    output: &Path,
+    timeout: Duration,
+) -> Result<(), BuildFailure> {
+    let wit_dir = wit_dir.to_path_buf();
+    let python_path: Vec<String> = python_path
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let app_name = app_name.to_owned();
+    let output = output.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("pycage-componentize".into())
+        .stack_size(16 << 20)
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    let paths: Vec<&str> = python_path.iter().map(String::as_str).collect();
+                    let empty = HashMap::new();
+                    rt.block_on(
+                        componentize_py::ComponentGenerator {
+                            wit_paths: &[&wit_dir],
+                            worlds: &["sandbox"],
+                            features: &[],
+                            all_features: false,
+                            world_module: None,
+                            python_path: &paths,
+                            module_worlds: &[],
+                            app_name: &app_name,
+                            output_path: &output,
+                            add_to_linker: None,
+                            stub_wasi: false,
+                            import_interface_names: &empty,
+                            export_interface_names: &empty,
+                            full_names: false,
+                            intersect_world: None,
+                        }
+                        .generate(),
+                    )
+                });
+            let _ = tx.send(result.map_err(|e| format!("{e:#}")));
+        })
+        .map_err(|e| BuildFailure::Failed(format!("cannot start the build thread: {e}")))?;
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result.map_err(BuildFailure::Failed),
+        // The thread cannot be cancelled; it is left to finish on its own.
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(BuildFailure::Timeout),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(BuildFailure::Failed("the build thread panicked".into()))
+        }
+    }
+}
+
+/// What `pycage_guest.py` reports after importing the handler at build time.
+/// Written by guest code, so it is parsed defensively and bounded.
+#[derive(Debug, Deserialize)]
+struct Report {
+    ok: bool,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    line: Option<u32>,
+    #[serde(default)]
+    traceback: String,
+    #[serde(default)]
+    output: String,
+    #[serde(default)]
+    output_truncated: bool,
+}
+
+const MAX_REPORT_BYTES: u64 = 4 << 20;
+
+fn read_report(path: &Path) -> Option<Report> {
+    let meta = fs::metadata(path).ok()?;
+    if meta.len() > MAX_REPORT_BYTES {
+        return None;
+    }
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+impl Report {
+    fn into_error(self, source: &HandlerSource) -> LoadError {
+        let guest_prefix = format!("{}/", guest::GUEST_IMPORT_DIR);
+        let host_prefix = format!("{}/", source.display_root.display());
+        let file = self
+            .file
+            .as_deref()
+            .and_then(|f| f.strip_prefix(&guest_prefix))
+            .map(|relative| source.host_path_of(relative));
+        let location = match (&file, self.line) {
+            (Some(file), Some(line)) => format!("{}:{line}", file.display()),
+            (Some(file), None) => file.display().to_string(),
+            (None, _) => source.path.display().to_string(),
+        };
+        let traceback = self
+            .traceback
+            .replace(&format!("\"{guest_prefix}"), &format!("\"{host_prefix}"));
+        match self.kind.as_str() {
+            "syntax-error" => LoadError::Syntax {
+                location,
+                message: self.message,
+            },
+            "no-routes" => LoadError::NoRoutes {
+                path: file.unwrap_or_else(|| source.path.clone()),
+            },
+            "route-error" => LoadError::Route {
+                location,
+                message: self.message,
+            },
+            _ => LoadError::Import {
+                location,
+                message: self.message,
+                traceback,
+            },
+        }
+    }
+}

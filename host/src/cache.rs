@@ -1,0 +1,201 @@
+//! The build cache: where built sandbox images live and how they are keyed.
+//!
+//! Layout under the cache root:
+//!
+//! ```text
+//! stdlib-<key>/python/        CPython's stdlib with precompiled .pyc (shared, read-only mount)
+//! handlers/<key>/app/         the handler's files as built (read-only mount at /app)
+//! handlers/<key>/sandbox.cwasm  the compiled, pre-initialised component
+//! handlers/<key>/meta.json    routes and build facts
+//! ```
+//!
+//! Entries are built in a temporary sibling directory and renamed into place,
+//! so a reader never sees half an entry and concurrent builders of the same
+//! key do not interfere. The cache holds native code that is loaded without
+//! validation, so the root is created private to the user (mode 0700): only
+//! pycage should ever write there.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::LoadError;
+use crate::guest;
+use crate::stage::Snapshot;
+
+/// Environment variable that overrides the cache location.
+pub const CACHE_DIR_ENV: &str = "PYCAGE_CACHE_DIR";
+
+/// Bumped whenever the layout or the meaning of a cached entry changes.
+const LAYOUT_VERSION: &str = "1";
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `$PYCAGE_CACHE_DIR`, else `$XDG_CACHE_HOME/pycage`, else
+    /// `~/.cache/pycage`, else `<tmp>/pycage-cache`.
+    pub fn default_root() -> PathBuf {
+        let var = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        var(CACHE_DIR_ENV)
+            .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("pycage")))
+            .or_else(|| var("HOME").map(|p| p.join(".cache").join("pycage")))
+            .unwrap_or_else(|| std::env::temp_dir().join("pycage-cache"))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub(crate) fn handler_dir(&self, key: &str) -> PathBuf {
+        self.root.join("handlers").join(key)
+    }
+
+    pub(crate) fn stdlib_dir(&self) -> PathBuf {
+        self.root.join(format!("stdlib-{}", stdlib_key()))
+    }
+
+    /// A fresh private directory next to where `final_path` will be published.
+    pub(crate) fn scratch_for(&self, final_path: &Path) -> Result<tempfile::TempDir, LoadError> {
+        let parent = final_path.parent().unwrap_or(&self.root);
+        self.create_root()?;
+        fs::create_dir_all(parent).map_err(|source| self.error(parent, source))?;
+        tempfile::Builder::new()
+            .prefix(".building-")
+            .tempdir_in(parent)
+            .map_err(|source| self.error(parent, source))
+    }
+
+    /// Move a finished scratch directory to `final_path`. If another process
+    /// published the same key first, its entry wins and ours is discarded.
+    pub(crate) fn publish(
+        &self,
+        scratch: tempfile::TempDir,
+        final_path: &Path,
+    ) -> Result<(), LoadError> {
+        let built = scratch.keep();
+        match fs::rename(&built, final_path) {
+            Ok(()) => Ok(()),
+            Err(_) if final_path.is_dir() => {
+                let _ = fs::remove_dir_all(&built);
+                Ok(())
+            }
+            Err(source) => {
+                let _ = fs::remove_dir_all(&built);
+                Err(self.error(final_path, source))
+            }
+        }
+    }
+
+    fn create_root(&self) -> Result<(), LoadError> {
+        if self.root.is_dir() {
+            return Ok(());
+        }
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&self.root)
+            .map_err(|source| self.error(&self.root, source))
+    }
+
+    pub(crate) fn error(&self, path: &Path, source: std::io::Error) -> LoadError {
+        LoadError::Cache {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn hasher() -> blake3::Hasher {
+    let mut h = blake3::Hasher::new();
+    for part in [
+        LAYOUT_VERSION,
+        env!("CARGO_PKG_VERSION"),
+        guest::COMPONENTIZE_PY_VERSION,
+        guest::WASMTIME_VERSION,
+    ] {
+        field(&mut h, part.as_bytes());
+    }
+    h
+}
+
+/// Length-prefix every field so that no two different inputs hash alike.
+fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
+    h.update(&(bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+fn short(h: blake3::Hasher) -> String {
+    h.finalize().to_hex()[..32].to_owned()
+}
+
+/// Key of the shared stdlib export: depends only on the toolchain.
+fn stdlib_key() -> String {
+    let mut h = hasher();
+    field(&mut h, guest::STDLIB_EXPORTER.as_bytes());
+    short(h)
+}
+
+/// Key of one built handler: the toolchain, the guest framework, the WIT, the
+/// entry module and every staged file (path and contents).
+pub(crate) fn handler_key(entry_module: &str, snapshot: &Snapshot) -> String {
+    let mut h = hasher();
+    field(&mut h, crate::wit::WIT_SOURCE.as_bytes());
+    for (name, source) in guest::FRAMEWORK_FILES {
+        field(&mut h, name.as_bytes());
+        field(&mut h, source.as_bytes());
+    }
+    field(&mut h, entry_module.as_bytes());
+    for file in &snapshot.files {
+        field(&mut h, file.relative.as_bytes());
+        field(&mut h, &file.contents);
+    }
+    short(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::StagedFile;
+
+    fn snap(files: &[(&str, &str)]) -> Snapshot {
+        Snapshot {
+            files: files
+                .iter()
+                .map(|(r, c)| StagedFile {
+                    relative: (*r).into(),
+                    contents: c.as_bytes().to_vec(),
+                })
+                .collect(),
+            skipped: vec![],
+        }
+    }
+
+    #[test]
+    fn key_changes_with_content_path_and_entry() {
+        let base = handler_key("app", &snap(&[("app.py", "x")]));
+        assert_eq!(base, handler_key("app", &snap(&[("app.py", "x")])));
+        assert_ne!(base, handler_key("app", &snap(&[("app.py", "y")])));
+        assert_ne!(base, handler_key("main", &snap(&[("app.py", "x")])));
+        assert_ne!(
+            base,
+            handler_key("app", &snap(&[("app.py", "x"), ("d.txt", "")]))
+        );
+        // Moving bytes between path and contents must not collide.
+        assert_ne!(
+            handler_key("app", &snap(&[("ab", "c")])),
+            handler_key("app", &snap(&[("a", "bc")]))
+        );
+    }
+}

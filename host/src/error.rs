@@ -1,0 +1,146 @@
+//! Typed errors: one variant per way loading or dispatching can fail.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a handler could not be turned into a runnable sandbox.
+///
+/// Every variant names the file (and, where known, the line) at fault so the
+/// message alone tells the author what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("handler not found: {}", path.display())]
+    NotFound { path: PathBuf },
+
+    #[error("{}: a handler must be a .py file or a directory", path.display())]
+    NotAHandler { path: PathBuf },
+
+    #[error(
+        "{}: no entry module: the directory needs one of {candidates} (or pass --module)",
+        dir.display()
+    )]
+    NoEntryModule { dir: PathBuf, candidates: String },
+
+    #[error("{}: module `{module}` not found in the handler directory", dir.display())]
+    EntryModuleMissing { dir: PathBuf, module: String },
+
+    #[error("{}: `{name}` is not a valid Python module name", path.display())]
+    BadModuleName { path: PathBuf, name: String },
+
+    #[error("{}: `{module}` is reserved by pycage; rename the handler's file", path.display())]
+    ReservedModuleName { path: PathBuf, module: String },
+
+    #[error("{}: handler directory holds more than {limit} of files", path.display())]
+    TooLarge { path: PathBuf, limit: String },
+
+    #[error("{location}: SyntaxError: {message}")]
+    Syntax { location: String, message: String },
+
+    #[error("{location}: {message}\n{traceback}")]
+    Import {
+        location: String,
+        message: String,
+        traceback: String,
+    },
+
+    #[error("{location}: invalid route: {message}")]
+    Route { location: String, message: String },
+
+    #[error("{}: no routes: decorate a function with @route(\"/path\")", path.display())]
+    NoRoutes { path: PathBuf },
+
+    #[error(
+        "{}: built for WIT `{found}`, but this pycage speaks `{expected}`; rebuild it",
+        path.display()
+    )]
+    WitVersionMismatch {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+
+    #[error("building the sandbox for {} timed out after {timeout:?}", path.display())]
+    BuildTimeout { path: PathBuf, timeout: Duration },
+
+    #[error("building the sandbox for {} failed: {detail}", path.display())]
+    Build { path: PathBuf, detail: String },
+
+    #[error("cache {}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("compiling the component {}: {source:#}", path.display())]
+    Compile {
+        path: PathBuf,
+        #[source]
+        source: wasmtime::Error,
+    },
+}
+
+/// Why one request did not produce a handler response.
+///
+/// The HTTP status each maps to is given by [`DispatchError::status`].
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("no route matches the path")]
+    NotFound,
+
+    #[error("method not allowed (allowed: {})", allowed.join(", "))]
+    MethodNotAllowed { allowed: Vec<String> },
+
+    #[error("handler raised {message}")]
+    HandlerException { message: String, traceback: String },
+
+    #[error("request took longer than the {0:?} limit")]
+    Timeout(Duration),
+
+    #[error("instance exceeded the {limit_bytes}-byte memory limit")]
+    MemoryLimit { limit_bytes: u64 },
+
+    #[error("request body is {size} bytes, over the {limit}-byte limit")]
+    RequestTooLarge { size: usize, limit: usize },
+
+    #[error("response body is over the {limit}-byte limit")]
+    ResponseTooLarge { limit: usize },
+
+    #[error("handler returned an invalid response: {0}")]
+    InvalidResponse(String),
+
+    #[error("handler exited the sandbox with status {0}")]
+    Exited(i32),
+
+    #[error("sandbox trapped: {0}")]
+    Trap(String),
+
+    #[error("could not start a sandbox instance: {0}")]
+    Instantiate(String),
+}
+
+impl DispatchError {
+    /// The HTTP status a server should answer with.
+    pub fn status(&self) -> u16 {
+        match self {
+            DispatchError::NotFound => 404,
+            DispatchError::MethodNotAllowed { .. } => 405,
+            DispatchError::RequestTooLarge { .. } => 413,
+            DispatchError::Timeout(_) => 504,
+            DispatchError::Instantiate(_) => 503,
+            DispatchError::HandlerException { .. }
+            | DispatchError::MemoryLimit { .. }
+            | DispatchError::ResponseTooLarge { .. }
+            | DispatchError::InvalidResponse(_)
+            | DispatchError::Exited(_)
+            | DispatchError::Trap(_) => 500,
+        }
+    }
+}

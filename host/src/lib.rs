@@ -1,0 +1,44 @@
+//! pycage: run untrusted Python HTTP handlers in CPython compiled to
+//! WebAssembly, one brand-new interpreter instance per request.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use pycage::{Cache, LoadOptions, Request, Runtime};
+//!
+//! let runtime = Runtime::new(Cache::new(Cache::default_root()))?;
+//! let handler = runtime.load("hello.py".as_ref(), &LoadOptions::default(), &|_| {})?;
+//! let exchange = handler.dispatch(Request::new("GET", "/hello/ada")?).await;
+//! let response = exchange.response();
+//! println!("{} {}", response.status, String::from_utf8_lossy(&response.body));
+//! # Ok(()) }
+//! ```
+//!
+//! How the pieces fit:
+//! - [`stage`] reads the handler's files; [`cache`] keys and stores built images;
+//!   [`builder`] runs componentize-py and Cranelift on a cache miss.
+//! - [`Runtime`] holds the engine and linker; [`Handler`] is a loaded image.
+//! - [`sandbox`] runs one request in a fresh Store with read-only mounts and
+//!   [`Limits`]; [`http`] validates what crosses the boundary.
+//! - The contract with the guest is `wit/handler.wit` ([`wit`]); the guest
+//!   side lives in `guest-python/` ([`guest`]).
+
+pub mod builder;
+pub mod cache;
+pub mod error;
+pub mod guest;
+pub mod http;
+pub mod limits;
+pub mod output;
+pub mod runtime;
+pub mod sandbox;
+pub mod stage;
+pub mod wit;
+
+pub use builder::{LoadEvent, RouteInfo};
+pub use cache::Cache;
+pub use error::{DispatchError, LoadError};
+pub use http::{Request, RequestError, Response};
+pub use limits::Limits;
+pub use output::CapturedOutput;
+pub use runtime::{Handler, LoadOptions, Runtime};
+pub use sandbox::Exchange;

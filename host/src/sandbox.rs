@@ -1,0 +1,278 @@
+//! One request in one brand-new instance: the capabilities it gets, the
+//! limits it runs under, and how its outcome is classified.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{DirPerms, FilePerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::error::DispatchError;
+use crate::guest;
+use crate::http::{Request, Response};
+use crate::limits::Limits;
+use crate::output::{CappedPipe, CapturedOutput};
+use crate::runtime::EPOCH_TICK;
+use crate::wit::{SandboxPre, types};
+
+/// Everything a request's Store owns; dropped with the Store.
+pub(crate) struct SandboxState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryLimiter,
+}
+
+impl WasiView for SandboxState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps the total linear memory of the instance and remembers whether the
+/// cap was what stopped it (so a MemoryError can be reported as a limit).
+struct MemoryLimiter {
+    limit: usize,
+    total: usize,
+    hit: bool,
+}
+
+/// Tables only hold function references; this bounds a guest that grows them
+/// instead of memory (libpython's table has ~6k entries).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.total - current.min(self.total) + desired;
+        if total > self.limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        self.total = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Result of one dispatch, with what the guest printed along the way.
+#[derive(Debug)]
+pub struct Exchange {
+    pub result: Result<Response, DispatchError>,
+    pub stdout: CapturedOutput,
+    pub stderr: CapturedOutput,
+    /// Wall time from the start of instantiation to the end of the call.
+    pub elapsed: Duration,
+}
+
+impl Exchange {
+    /// The response to send: the handler's, or the host's error response.
+    pub fn response(&self) -> Response {
+        match &self.result {
+            Ok(response) => response.clone(),
+            Err(error) => Response::for_error(error),
+        }
+    }
+}
+
+/// The read-only directories a request is granted.
+pub(crate) struct Mounts<'a> {
+    pub app: &'a Path,
+    pub stdlib: &'a Path,
+}
+
+/// Build the WASI context for one request: read-only mounts, captured output,
+/// and nothing else: no environment, no arguments, no stdin, no sockets.
+fn wasi_ctx(
+    mounts: &Mounts<'_>,
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+) -> wasmtime::Result<WasiCtx> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .preopened_dir(
+            mounts.stdlib,
+            guest::GUEST_STDLIB_DIR,
+            DirPerms::READ,
+            FilePerms::READ,
+        )?
+        .preopened_dir(
+            mounts.app,
+            guest::GUEST_APP_DIR,
+            DirPerms::READ,
+            FilePerms::READ,
+        )?
+        .preopened_dir(
+            mounts.app,
+            guest::GUEST_IMPORT_DIR,
+            DirPerms::READ,
+            FilePerms::READ,
+        )?;
+    Ok(builder.build())
+}
+
+/// A new Store for one instance, with its limits armed.
+fn new_store(
+    pre: &SandboxPre<SandboxState>,
+    mounts: &Mounts<'_>,
+    limits: &Limits,
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+) -> Result<Store<SandboxState>, DispatchError> {
+    let wasi = wasi_ctx(mounts, stdout, stderr)
+        .map_err(|e| DispatchError::Instantiate(format!("{e:#}")))?;
+    let state = SandboxState {
+        wasi,
+        table: ResourceTable::new(),
+        memory: MemoryLimiter {
+            limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            total: 0,
+            hit: false,
+        },
+    };
+    let mut store = Store::new(pre.engine(), state);
+    store.limiter(|state| &mut state.memory);
+    // The epoch deadline stops a guest spinning in wasm code; the tokio
+    // timeout around each call also covers time blocked in host calls (sleep).
+    let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    Ok(store)
+}
+
+pub(crate) async fn dispatch(
+    pre: &SandboxPre<SandboxState>,
+    mounts: &Mounts<'_>,
+    limits: &Limits,
+    request: Request,
+) -> Exchange {
+    let stdout = CappedPipe::new(limits.max_output_bytes);
+    let stderr = CappedPipe::new(limits.max_output_bytes);
+    let started = Instant::now();
+    let result = run(pre, mounts, limits, request, &stdout, &stderr).await;
+    Exchange {
+        result,
+        stdout: stdout.take(),
+        stderr: stderr.take(),
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn run(
+    pre: &SandboxPre<SandboxState>,
+    mounts: &Mounts<'_>,
+    limits: &Limits,
+    request: Request,
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+) -> Result<Response, DispatchError> {
+    if request.body.len() > limits.max_request_body {
+        return Err(DispatchError::RequestTooLarge {
+            size: request.body.len(),
+            limit: limits.max_request_body,
+        });
+    }
+    let mut store = new_store(pre, mounts, limits, stdout, stderr)?;
+
+    let wit_request = types::Request {
+        method: request.method,
+        path: request.path,
+        query: request.query,
+        headers: request
+            .headers
+            .into_iter()
+            .map(|(name, value)| types::Header { name, value })
+            .collect(),
+        body: request.body,
+    };
+    let call = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance
+            .pycage_handler_handler()
+            .call_dispatch(&mut store, &wit_request)
+            .await
+    };
+    let outcome = tokio::time::timeout(limits.timeout, call).await;
+    let memory_hit = store.data().memory.hit;
+    let memory_error = || DispatchError::MemoryLimit {
+        limit_bytes: limits.memory_bytes,
+    };
+    match outcome {
+        Err(_elapsed) => Err(DispatchError::Timeout(limits.timeout)),
+        Ok(Err(error)) => Err(if memory_hit {
+            memory_error()
+        } else if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            DispatchError::Timeout(limits.timeout)
+        } else if let Some(exit) = error.downcast_ref::<I32Exit>() {
+            DispatchError::Exited(exit.0)
+        } else {
+            DispatchError::Trap(format!("{error:#}"))
+        }),
+        Ok(Ok(Err(types::DispatchError::NotFound))) => Err(DispatchError::NotFound),
+        Ok(Ok(Err(types::DispatchError::MethodNotAllowed(allowed)))) => {
+            Err(DispatchError::MethodNotAllowed { allowed })
+        }
+        Ok(Ok(Err(types::DispatchError::HandlerException(info)))) => {
+            if memory_hit && info.message.starts_with("MemoryError") {
+                Err(memory_error())
+            } else {
+                Err(DispatchError::HandlerException {
+                    message: info.message,
+                    traceback: info.traceback,
+                })
+            }
+        }
+        Ok(Ok(Ok(response))) => Response::from_guest(
+            response.status,
+            response
+                .headers
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect(),
+            response.body,
+            limits.max_response_body,
+        ),
+    }
+}
+
+/// Instantiate once and ask the guest for its route table.
+pub(crate) async fn guest_routes(
+    pre: &SandboxPre<SandboxState>,
+    mounts: &Mounts<'_>,
+    limits: &Limits,
+) -> Result<Vec<types::Route>, DispatchError> {
+    let sink = CappedPipe::new(0);
+    let mut store = new_store(pre, mounts, limits, &sink, &sink)?;
+    let call = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance
+            .pycage_handler_handler()
+            .call_routes(&mut store)
+            .await
+    };
+    match tokio::time::timeout(limits.timeout, call).await {
+        Err(_) => Err(DispatchError::Timeout(limits.timeout)),
+        Ok(Err(e)) => Err(DispatchError::Trap(format!("{e:#}"))),
+        Ok(Ok(routes)) => Ok(routes),
+    }
+}
