@@ -1,0 +1,196 @@
+//! The subcommands. Each loads the handler through the library API, then
+//! does its one thing.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use pycage::{Cache, DispatchError, Handler, Limits, LoadError, LoadOptions, Request, Runtime};
+
+use super::args::{Cli, Command, HandlerArgs, LimitArgs, RunArgs};
+use super::display::{self, Reporter};
+
+/// A failure that ends the command, with the exit status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Bad arguments: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The handler cannot be loaded: exit 2.
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    /// The sandbox or the host failed: exit 1.
+    #[error("{0:#}")]
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Usage(_) | Failure::Load(_) => ExitCode::from(2),
+            Failure::Runtime(_) => ExitCode::from(1),
+        }
+    }
+}
+
+pub fn execute(cli: Cli) -> Result<ExitCode, Failure> {
+    let cache = Cache::new(cli.cache_dir.unwrap_or_else(Cache::default_root));
+    let reporter = Reporter::new(cli.quiet);
+    match cli.command {
+        Command::Run(args) => run(cache, &reporter, args),
+        Command::Routes(args) => routes(cache, &reporter, args),
+        Command::Build(args) => build(cache, &reporter, args),
+    }
+}
+
+fn load(
+    cache: Cache,
+    reporter: &Reporter,
+    args: &HandlerArgs,
+    limits: Limits,
+) -> Result<Handler, Failure> {
+    let runtime = Runtime::new(cache).map_err(Failure::Runtime)?;
+    let options = LoadOptions {
+        module: args.module.clone(),
+        limits,
+    };
+    Ok(runtime.load(&args.handler, &options, &|event| reporter.event(event))?)
+}
+
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    Ok(rt.block_on(future))
+}
+
+fn limits(args: &LimitArgs) -> Limits {
+    Limits {
+        timeout: args.timeout,
+        memory_bytes: args.memory_mib << 20,
+        max_request_body: args.max_request_body,
+        max_response_body: args.max_response_body,
+        max_output_bytes: args.max_output,
+    }
+}
+
+/// Build the request from the flags before anything is loaded, so a typo is
+/// a usage error (exit 2) rather than a wasted build.
+fn request(args: &RunArgs) -> Result<Request, Failure> {
+    let mut target = args.path.clone();
+    if let Some(query) = &args.query {
+        target.push(if target.contains('?') { '&' } else { '?' });
+        target.push_str(query.trim_start_matches('?'));
+    }
+    let method = args.method.to_ascii_uppercase();
+    let mut request = Request::new(&method, &target).map_err(|e| Failure::Usage(e.to_string()))?;
+    for header in &args.headers {
+        let (name, value) = header.split_once(':').ok_or_else(|| {
+            Failure::Usage(format!("header `{header}` must look like 'Name: value'"))
+        })?;
+        request = request
+            .with_header(name.trim(), value.trim())
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+    }
+    let body = match (&args.data, &args.data_file) {
+        (Some(data), _) => data.clone().into_bytes(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut body = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut body)
+                .map_err(|e| Failure::Usage(format!("reading the body from stdin: {e}")))?;
+            body
+        }
+        (None, Some(path)) => std::fs::read(path).map_err(|e| {
+            Failure::Usage(format!("reading the body from {}: {e}", path.display()))
+        })?,
+        (None, None) => Vec::new(),
+    };
+    Ok(request.with_body(body))
+}
+
+fn run(cache: Cache, reporter: &Reporter, args: RunArgs) -> Result<ExitCode, Failure> {
+    let request = request(&args)?;
+    let handler = load(cache, reporter, &args.handler, limits(&args.limits))?;
+    let mut worst = 0u16;
+    block_on(async {
+        for _ in 0..args.repeat {
+            let exchange = handler.dispatch(request.clone()).await;
+            display::guest_output("stdout", &exchange.stdout);
+            display::guest_output("stderr", &exchange.stderr);
+            if let Err(error) = &exchange.result {
+                report_dispatch_error(error);
+            }
+            let response = exchange.response();
+            worst = worst.max(response.status);
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(&display::response_bytes(&response, args.include))
+                .and_then(|()| stdout.flush())
+                .map_err(|e| Failure::Runtime(e.into()))?;
+        }
+        Ok::<_, Failure>(())
+    })??;
+    Ok(if worst >= 500 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Explain on stderr why the host answered with an error status. Router
+/// outcomes (404, 405) are ordinary responses and need no explanation.
+fn report_dispatch_error(error: &DispatchError) {
+    match error {
+        DispatchError::NotFound | DispatchError::MethodNotAllowed { .. } => {}
+        DispatchError::HandlerException { message, traceback } => {
+            eprintln!(
+                "pycage: handler raised an exception ({})",
+                display::escape_controls(message)
+            );
+            display::guest_lines("guest traceback", traceback.as_bytes(), false);
+        }
+        other => eprintln!("pycage: {other} (status {})", other.status()),
+    }
+}
+
+fn routes(cache: Cache, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCode, Failure> {
+    let handler = load(cache, reporter, &args, Limits::default())?;
+    let routes = block_on(handler.routes())?.map_err(|e| Failure::Runtime(e.into()))?;
+    let width = routes
+        .iter()
+        .map(|r| r.methods.join(",").len())
+        .max()
+        .unwrap_or(0);
+    let pattern_width = routes.iter().map(|r| r.pattern.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for route in routes {
+        out.push_str(&format!(
+            "{:<width$}  {:<pattern_width$}  {}\n",
+            route.methods.join(","),
+            route.pattern,
+            route.handler
+        ));
+    }
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build(cache: Cache, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCode, Failure> {
+    let handler = load(cache, reporter, &args, Limits::default())?;
+    let state = if handler.cache_hit() {
+        "already cached"
+    } else {
+        "built"
+    };
+    println!(
+        "{}: {state} ({})",
+        args.handler.display(),
+        handler
+            .app_dir()
+            .parent()
+            .unwrap_or(handler.app_dir())
+            .display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,134 @@
+//! Everything the CLI writes for humans on stderr, and the response on stdout.
+//!
+//! Guest output is untrusted: it is shown line by line behind a `[guest …]`
+//! prefix with control characters escaped, so a handler can neither pass its
+//! text off as pycage's own nor drive the terminal with escape sequences.
+
+use std::io::{IsTerminal, Write};
+
+use pycage::{CapturedOutput, LoadEvent, Response};
+
+/// Prints load progress and diagnostics.
+pub struct Reporter {
+    quiet: bool,
+    progress: bool,
+}
+
+impl Reporter {
+    pub fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            progress: !quiet && std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn event(&self, event: LoadEvent<'_>) {
+        if self.quiet {
+            return;
+        }
+        match event {
+            LoadEvent::Skipped { path, reason } => {
+                eprintln!("pycage: warning: not granting {}: {reason}", path.display());
+            }
+            LoadEvent::PreparingStdlib if self.progress => {
+                eprintln!(
+                    "pycage: preparing the Python standard library (once per pycage version)..."
+                );
+            }
+            LoadEvent::Building { source } if self.progress => {
+                eprintln!(
+                    "pycage: building the sandbox image for {} ...",
+                    source.display()
+                );
+            }
+            LoadEvent::Built { elapsed } if self.progress => {
+                eprintln!(
+                    "pycage: built in {:.1} s (cached for next time)",
+                    elapsed.as_secs_f64()
+                );
+            }
+            LoadEvent::BuildOutput { text, truncated } => {
+                guest_lines("guest build", text.as_bytes(), truncated);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Show one captured stream of guest output on stderr.
+pub fn guest_output(stream: &str, output: &CapturedOutput) {
+    guest_lines(&format!("guest {stream}"), &output.bytes, output.truncated);
+}
+
+/// Show guest-provided text (a traceback, say) behind a prefix.
+pub fn guest_lines(label: &str, bytes: &[u8], truncated: bool) {
+    if bytes.is_empty() && !truncated {
+        return;
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let mut err = std::io::stderr().lock();
+    for line in text.lines() {
+        let _ = writeln!(err, "[{label}] {}", escape_controls(line));
+    }
+    if truncated {
+        let _ = writeln!(err, "[{label}] ... (output over the limit was dropped)");
+    }
+}
+
+/// Replace control characters (other than tab) with visible escapes.
+pub fn escape_controls(line: &str) -> String {
+    line.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The response as written to stdout: body only, or `-i` style head + body.
+pub fn response_bytes(response: &Response, include_head: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(response.body.len() + 256);
+    if include_head {
+        out.extend_from_slice(
+            format!("HTTP/1.1 {} {}\r\n", response.status, response.reason()).as_bytes(),
+        );
+        for (name, value) in &response.headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(
+            format!("content-length: {}\r\n\r\n", response.body.len()).as_bytes(),
+        );
+    }
+    out.extend_from_slice(&response.body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("a\u{1b}[31mb\tc"), "a\\u{1b}[31mb\tc");
+    }
+
+    #[test]
+    fn head_looks_like_curl() {
+        let r = Response {
+            status: 404,
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            body: b"no".to_vec(),
+        };
+        assert_eq!(
+            response_bytes(&r, true),
+            b"HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nno"
+        );
+        assert_eq!(response_bytes(&r, false), b"no");
+    }
+}
