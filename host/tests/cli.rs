@@ -1,0 +1,180 @@
+//! The `pycage` binary end to end: output, exit codes, messages.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{cache_dir, fixture};
+
+fn pycage(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .args(args)
+        .env("PYCAGE_CACHE_DIR", cache_dir())
+        .output()
+        .expect("running pycage")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn run_prints_the_body_and_exits_0() {
+    let hello = fixture("hello/hello.py");
+    let out = pycage(&[
+        "run",
+        hello.to_str().unwrap(),
+        "--path",
+        "/hello/ada",
+        "-H",
+        "User-Agent: demo",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), r#"{"hello": "ada", "agent": "demo"}"#);
+}
+
+#[test]
+fn include_prints_status_line_and_headers() {
+    let api = fixture("api");
+    let out = pycage(&["run", api.to_str().unwrap(), "--path", "/tuple", "-i"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(text.starts_with("HTTP/1.1 202 Accepted\r\n"), "{text}");
+    assert!(
+        text.contains("content-type: application/json\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n{\"created\": true}"), "{text}");
+}
+
+#[test]
+fn post_with_data_query_and_method() {
+    let api = fixture("api");
+    let out = pycage(&[
+        "run",
+        api.to_str().unwrap(),
+        "-X",
+        "post",
+        "--path",
+        "/echo",
+        "--query",
+        "q=1",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        "{\"k\": \"v\"}",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["query"], "q=1");
+    assert_eq!(body["json"]["k"], "v");
+}
+
+#[test]
+fn repeat_sends_to_fresh_instances() {
+    let iso = fixture("isolation");
+    let out = pycage(&[
+        "run",
+        iso.to_str().unwrap(),
+        "--path",
+        "/counter",
+        "--repeat",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out), r#"{"counter": 1}"#.repeat(3));
+}
+
+#[test]
+fn not_found_exits_0_and_server_error_exits_1_with_traceback_on_stderr() {
+    let api = fixture("api");
+    let missing = pycage(&["run", api.to_str().unwrap(), "--path", "/missing"]);
+    assert_eq!(missing.status.code(), Some(0));
+    assert_eq!(stdout(&missing), r#"{"error":"Not Found"}"#);
+
+    let boom = pycage(&["run", api.to_str().unwrap(), "--path", "/boom"]);
+    assert_eq!(boom.status.code(), Some(1));
+    let err = stderr(&boom);
+    assert!(
+        err.contains("pycage: handler raised an exception (ValueError: boom from the handler)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("[guest traceback] Traceback (most recent call last):"),
+        "{err}"
+    );
+}
+
+#[test]
+fn guest_output_is_prefixed_on_stderr_not_stdout() {
+    let api = fixture("api");
+    let out = pycage(&["run", api.to_str().unwrap(), "--path", "/print"]);
+    assert_eq!(stdout(&out), "printed");
+    let err = stderr(&out);
+    assert!(err.contains("[guest stdout] hello from stdout\n"), "{err}");
+    assert!(err.contains("[guest stderr] hello from stderr\n"), "{err}");
+}
+
+#[test]
+fn load_errors_exit_2_name_the_line_and_print_nothing_on_stdout() {
+    let broken = fixture("broken/syntax");
+    let out = pycage(&["run", broken.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    let expected = format!("{}:9: SyntaxError", broken.join("app.py").display());
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+
+    let missing = pycage(&["run", "/nonexistent/handler.py"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("handler not found: /nonexistent/handler.py"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let hello = fixture("hello/hello.py");
+    let bad_header = pycage(&["run", hello.to_str().unwrap(), "-H", "no colon here"]);
+    assert_eq!(bad_header.status.code(), Some(2));
+    assert!(stderr(&bad_header).contains("must look like 'Name: value'"));
+    let bad_path = pycage(&["run", hello.to_str().unwrap(), "--path", "relative"]);
+    assert_eq!(bad_path.status.code(), Some(2));
+    let unknown_flag = pycage(&["run", hello.to_str().unwrap(), "--bogus"]);
+    assert_eq!(unknown_flag.status.code(), Some(2));
+}
+
+#[test]
+fn routes_prints_the_table() {
+    let api = fixture("api");
+    let out = pycage(&["routes", api.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let items = text
+        .lines()
+        .find(|l| l.contains("/items/{item_id}"))
+        .unwrap();
+    assert!(items.starts_with("GET "), "{items}");
+    assert!(items.ends_with("app.get_item"), "{items}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("POST,PUT") && l.contains("/items ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn build_fills_the_cache() {
+    let hello = fixture("hello/hello.py");
+    let out = pycage(&["build", hello.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("hello.py: "), "{}", stdout(&out));
+    let again = pycage(&["build", hello.to_str().unwrap()]);
+    assert!(
+        stdout(&again).contains("already cached"),
+        "{}",
+        stdout(&again)
+    );
+}

@@ -1,0 +1,166 @@
+//! Loading: clear errors for handlers that cannot load, and the build cache.
+
+mod common;
+
+use std::cell::RefCell;
+use std::fs;
+
+use common::{cache_dir, fixture, get, ok};
+use pycage::{Cache, LoadError, LoadEvent, LoadOptions, Runtime};
+
+fn load_error(relative: &str) -> LoadError {
+    match common::runtime().load(&fixture(relative), &LoadOptions::default(), &|_| {}) {
+        Ok(_) => panic!("{relative} should not load"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn syntax_error_names_file_and_line() {
+    match load_error("broken/syntax") {
+        LoadError::Syntax { location, message } => {
+            let expected = format!("{}:9", fixture("broken/syntax").join("app.py").display());
+            assert_eq!(location, expected);
+            assert!(
+                message.contains("invalid syntax") || message.contains("expected"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+#[test]
+fn import_error_names_file_and_line() {
+    match load_error("broken/import_error") {
+        error @ LoadError::Import { .. } => {
+            let text = error.to_string();
+            let expected = format!(
+                "{}:3",
+                fixture("broken/import_error").join("app.py").display()
+            );
+            assert!(text.starts_with(&expected), "{text}");
+            assert!(
+                text.contains("ModuleNotFoundError: No module named 'definitely_not_a_module'"),
+                "{text}"
+            );
+        }
+        other => panic!("expected an import error, got {other:?}"),
+    }
+}
+
+#[test]
+fn module_without_routes_is_refused() {
+    assert!(matches!(
+        load_error("broken/no_routes"),
+        LoadError::NoRoutes { .. }
+    ));
+}
+
+#[test]
+fn route_naming_a_missing_parameter_is_refused() {
+    match load_error("broken/bad_route") {
+        LoadError::Route { location, message } => {
+            assert!(location.ends_with("app.py:4"), "{location}");
+            assert!(message.contains("no keyword parameter 'id'"), "{message}");
+        }
+        other => panic!("expected a route error, got {other:?}"),
+    }
+}
+
+#[test]
+fn handler_named_like_a_stdlib_module_is_refused() {
+    let error = load_error("broken/stdlib_name/json.py");
+    assert!(
+        error.to_string().contains("taken by the standard library"),
+        "{error}"
+    );
+}
+
+#[test]
+fn missing_paths_and_wrong_files_are_refused_before_building() {
+    assert!(matches!(
+        load_error("does/not/exist.py"),
+        LoadError::NotFound { .. }
+    ));
+    assert!(matches!(
+        load_error("api/data/greeting.txt"),
+        LoadError::NotAHandler { .. }
+    ));
+    assert!(matches!(
+        load_error("api/data"),
+        LoadError::NoEntryModule { .. }
+    ));
+}
+
+#[tokio::test]
+async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let handler_path = dir.path().join("svc.py");
+    fs::write(
+        &handler_path,
+        "from pycage import route\n\n@route('/')\ndef i():\n    return 'one'\n",
+    )
+    .unwrap();
+    // A runtime of its own, sharing the stdlib export with the other tests.
+    let runtime = Runtime::new(Cache::new(cache_dir())).unwrap();
+    let builds = RefCell::new(0);
+    let count = |event: LoadEvent<'_>| {
+        if let LoadEvent::Building { .. } = event {
+            *builds.borrow_mut() += 1;
+        }
+    };
+
+    let first = runtime
+        .load(&handler_path, &LoadOptions::default(), &count)
+        .unwrap();
+    let second = runtime
+        .load(&handler_path, &LoadOptions::default(), &count)
+        .unwrap();
+    assert!(!first.cache_hit());
+    assert!(second.cache_hit());
+    assert_eq!(*builds.borrow(), 1, "the second load must not build");
+    assert_eq!(ok(&get(&second, "/").await).body, b"one");
+
+    fs::write(
+        &handler_path,
+        "from pycage import route\n\n@route('/')\ndef i():\n    return 'two'\n",
+    )
+    .unwrap();
+    let changed = runtime
+        .load(&handler_path, &LoadOptions::default(), &count)
+        .unwrap();
+    assert!(!changed.cache_hit());
+    assert_eq!(*builds.borrow(), 2);
+    assert_eq!(ok(&get(&changed, "/").await).body, b"two");
+    // The user's directory was never written to.
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["svc.py"]);
+}
+
+#[tokio::test]
+async fn a_single_file_handler_is_granted_only_that_file() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("secret.txt"), "sibling secret").unwrap();
+    let handler_path = dir.path().join("peek.py");
+    fs::write(
+        &handler_path,
+        "import os\nfrom pycage import route\n\n@route('/')\ndef i():\n    return sorted(os.listdir('/app'))\n",
+    )
+    .unwrap();
+    let handler = common::runtime()
+        .load(&handler_path, &LoadOptions::default(), &|_| {})
+        .unwrap();
+    let listing = common::json(ok(&get(&handler, "/").await));
+    let names: Vec<_> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(names.contains(&"peek.py"), "{names:?}");
+    assert!(!names.contains(&"secret.txt"), "{names:?}");
+}
