@@ -38,3 +38,38 @@ pub(crate) fn check_exports(engine: &Engine, component: &Component) -> Result<()
         Err(found.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal component exporting `routes` under `export_name`.
+    fn component(engine: &Engine, export_name: &str) -> Component {
+        let wat = format!(
+            r#"(component
+                (core module $m (func (export "f")))
+                (core instance $i (instantiate $m))
+                (func $f (canon lift (core func $i "f")))
+                (instance $h (export "routes" (func $f)))
+                (export "{export_name}" (instance $h)))"#
+        );
+        Component::new(engine, wat).unwrap()
+    }
+
+    #[test]
+    fn only_our_interface_at_our_version_is_accepted() {
+        let engine = Engine::default();
+        let ours = component(&engine, &format!("{WIT_INTERFACE}@{WIT_VERSION}"));
+        assert_eq!(check_exports(&engine, &ours), Ok(()));
+        let older = component(&engine, &format!("{WIT_INTERFACE}@0.0.9"));
+        assert_eq!(
+            check_exports(&engine, &older),
+            Err(format!("{WIT_INTERFACE}@0.0.9"))
+        );
+        let other = component(&engine, "example:other/api@1.0.0");
+        assert_eq!(
+            check_exports(&engine, &other),
+            Err(format!("no `{WIT_INTERFACE}` export"))
+        );
+    }
+}

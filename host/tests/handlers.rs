@@ -290,3 +290,22 @@ async fn routes_come_from_the_guest_export() {
     let create = routes.iter().find(|r| r.pattern == "/items").unwrap();
     assert_eq!(create.methods, ["POST", "PUT"]);
 }
+
+#[tokio::test]
+async fn lazy_imports_load_bytecode_instead_of_compiling_source() {
+    let h = handler("api");
+    let exchange = get(&h, "/lazy-bytecode").await;
+    let body = json(ok(&exchange));
+    assert_eq!(
+        body["preloaded"],
+        json!([]),
+        "the modules must not be in the build snapshot"
+    );
+    assert_eq!(
+        body["compiled"],
+        json!([]),
+        "no source may be compiled at request time"
+    );
+    assert_eq!(body["half"], "1/2");
+    assert_eq!(body["helper"], 42);
+}
