@@ -59,6 +59,14 @@ pub enum LoadError {
         expected: String,
     },
 
+    #[error("{}: {what} limit {requested} is above the runtime maximum {maximum}", path.display())]
+    LimitTooHigh {
+        path: PathBuf,
+        what: &'static str,
+        requested: u64,
+        maximum: u64,
+    },
+
     #[error("building the sandbox for {} timed out after {timeout:?}", path.display())]
     BuildTimeout { path: PathBuf, timeout: Duration },
 
@@ -104,7 +112,7 @@ pub enum DispatchError {
     #[error("request took longer than the {0:?} limit")]
     Timeout(Duration),
 
-    #[error("instance exceeded the {limit_bytes}-byte memory limit")]
+    #[error("instance exceeded its memory limit of {} MiB", limit_bytes >> 20)]
     MemoryLimit { limit_bytes: u64 },
 
     #[error("request body is {size} bytes, over the {limit}-byte limit")]
@@ -116,6 +124,9 @@ pub enum DispatchError {
     #[error("handler returned an invalid response: {0}")]
     InvalidResponse(String),
 
+    #[error("guest exhausted its call stack (recursion too deep)")]
+    StackOverflow,
+
     #[error("handler exited the sandbox with status {0}")]
     Exited(i32),
 
@@ -124,9 +135,25 @@ pub enum DispatchError {
 
     #[error("could not start a sandbox instance: {0}")]
     Instantiate(String),
+
+    #[error("no instance slot became free within {waited:?}")]
+    Overloaded { waited: Duration },
 }
 
 impl DispatchError {
+    /// Which limit stopped the request, if one did (for logs and metrics).
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            DispatchError::Timeout(_) => Some("timeout"),
+            DispatchError::MemoryLimit { .. } => Some("memory"),
+            DispatchError::RequestTooLarge { .. } => Some("request_body"),
+            DispatchError::ResponseTooLarge { .. } => Some("response_body"),
+            DispatchError::Overloaded { .. } => Some("concurrency"),
+            DispatchError::StackOverflow => Some("stack"),
+            _ => None,
+        }
+    }
+
     /// The HTTP status a server should answer with.
     pub fn status(&self) -> u16 {
         match self {
@@ -134,11 +161,12 @@ impl DispatchError {
             DispatchError::MethodNotAllowed { .. } => 405,
             DispatchError::RequestTooLarge { .. } => 413,
             DispatchError::Timeout(_) => 504,
-            DispatchError::Instantiate(_) => 503,
+            DispatchError::Instantiate(_) | DispatchError::Overloaded { .. } => 503,
             DispatchError::HandlerException { .. }
             | DispatchError::MemoryLimit { .. }
             | DispatchError::ResponseTooLarge { .. }
             | DispatchError::InvalidResponse(_)
+            | DispatchError::StackOverflow
             | DispatchError::Exited(_)
             | DispatchError::Trap(_) => 500,
         }

@@ -129,12 +129,23 @@ impl Response {
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
         let mut headers = vec![("content-type".to_owned(), b"application/json".to_vec())];
-        if let DispatchError::MethodNotAllowed { allowed } = error {
-            headers.push(("allow".to_owned(), allowed.join(", ").into_bytes()));
+        match error {
+            DispatchError::MethodNotAllowed { allowed } => {
+                headers.push(("allow".to_owned(), allowed.join(", ").into_bytes()));
+            }
+            DispatchError::Overloaded { .. } => {
+                headers.push(("retry-after".to_owned(), b"1".to_vec()));
+            }
+            _ => {}
         }
-        let body = serde_json::json!({ "error": reason })
-            .to_string()
-            .into_bytes();
+        // A limit is the operator's policy, safe and useful to name; anything
+        // about the guest's own failure stays in the logs.
+        let body = match error.limit() {
+            Some(_) => serde_json::json!({ "error": reason, "detail": error.to_string() }),
+            None => serde_json::json!({ "error": reason }),
+        }
+        .to_string()
+        .into_bytes();
         Self {
             status,
             headers,

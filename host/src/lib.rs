@@ -19,11 +19,14 @@
 //! - [`Runtime`] holds the engine and linker; [`Handler`] is a loaded image.
 //! - [`sandbox`] runs one request in a fresh Store with read-only mounts and
 //!   [`Limits`]; [`http`] validates what crosses the boundary.
+//! - [`server`] is the multi-tenant HTTP front end (`pycage serve`), configured
+//!   by [`config`] (`pycage.toml`).
 //! - The contract with the guest is `wit/handler.wit` ([`wit`]); the guest
 //!   side lives in `guest-python/` ([`guest`]).
 
 pub mod builder;
 pub mod cache;
+pub mod config;
 pub mod error;
 pub mod guest;
 pub mod http;
@@ -31,6 +34,7 @@ pub mod limits;
 pub mod output;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
 pub mod stage;
 pub mod wit;
 
@@ -40,5 +44,5 @@ pub use error::{DispatchError, LoadError};
 pub use http::{Request, RequestError, Response};
 pub use limits::Limits;
 pub use output::CapturedOutput;
-pub use runtime::{Handler, LoadOptions, Runtime};
+pub use runtime::{Handler, LoadOptions, Runtime, RuntimeConfig};
 pub use sandbox::Exchange;

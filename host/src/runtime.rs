@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::builder::{self, Built, LoadEvent};
 use crate::cache::Cache;
@@ -23,16 +24,47 @@ pub use crate::builder::RouteInfo;
 /// How often the epoch advances; the granularity of request timeouts.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Longest a cache-miss build may take before loading fails.
+/// Longest a cache-miss build may take before loading fails, by default.
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Made once per process: owns the wasmtime engine, the WASI linker, the
-/// epoch ticker that enforces timeouts, and the build cache.
+/// Process-wide settings for a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub cache: Cache,
+    /// Instances that may be live at once across all handlers: the size of
+    /// the pooling allocator. Requests beyond it wait (see `queue_timeout`).
+    /// Default: 64.
+    pub max_instances: u32,
+    /// The largest memory limit any handler may be given; sizes each pool
+    /// slot. Default: 512 MiB.
+    pub max_memory_bytes: u64,
+    /// How long a request may wait for a free instance slot before it is
+    /// refused with [`DispatchError::Overloaded`]. Default: 1 s.
+    pub queue_timeout: Duration,
+    /// Longest a cache-miss build may take. Default: 300 s.
+    pub build_timeout: Duration,
+}
+
+impl RuntimeConfig {
+    pub fn new(cache: Cache) -> Self {
+        Self {
+            cache,
+            max_instances: 64,
+            max_memory_bytes: 512 << 20,
+            queue_timeout: Duration::from_secs(1),
+            build_timeout: DEFAULT_BUILD_TIMEOUT,
+        }
+    }
+}
+
+/// Made once per process: owns the wasmtime engine (with its pooling
+/// allocator), the WASI linker, the epoch ticker that enforces timeouts, the
+/// instance slots and the build cache.
 pub struct Runtime {
     engine: Engine,
     linker: Linker<SandboxState>,
-    cache: Cache,
-    build_timeout: Duration,
+    config: RuntimeConfig,
+    slots: Arc<Semaphore>,
     ticker: EpochTicker,
 }
 
@@ -42,35 +74,71 @@ pub struct LoadOptions {
     /// Entry module of a handler directory (default: app, handler or main).
     pub module: Option<String>,
     pub limits: Limits,
+    /// Most requests of this handler running at once (default: no limit
+    /// beyond the runtime's instance slots). Excess requests queue.
+    pub max_concurrency: Option<u32>,
+}
+
+/// Shape of the pre-initialised CPython component, for sizing the pool:
+/// it has ~14 core instances, a few memories and 2 tables; the margins
+/// leave room for toolchain changes.
+const CORE_INSTANCES_PER_SANDBOX: u32 = 32;
+const MEMORIES_PER_SANDBOX: u32 = 4;
+const TABLES_PER_SANDBOX: u32 = 4;
+/// libpython's function table has ~5,700 entries; this bounds its growth.
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 16;
+
+fn engine_config(config: &RuntimeConfig) -> Config {
+    let mut pool = PoolingAllocationConfig::new();
+    let n = config.max_instances.max(1);
+    pool.total_component_instances(n)
+        .total_core_instances(n * CORE_INSTANCES_PER_SANDBOX)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_SANDBOX)
+        .total_memories(n * MEMORIES_PER_SANDBOX)
+        .max_memories_per_component(MEMORIES_PER_SANDBOX)
+        .total_tables(n * TABLES_PER_SANDBOX)
+        .max_tables_per_component(TABLES_PER_SANDBOX)
+        .table_elements(MAX_TABLE_ELEMENTS)
+        .total_stacks(n)
+        .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    wasm
 }
 
 impl Runtime {
-    /// A runtime whose build cache lives at `cache`.
+    /// A runtime with default settings whose build cache lives at `cache`.
     pub fn new(cache: Cache) -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        Self::with_config(RuntimeConfig::new(cache))
+    }
+
+    pub fn with_config(config: RuntimeConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&config))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
             engine,
             linker,
-            cache,
-            build_timeout: DEFAULT_BUILD_TIMEOUT,
+            slots: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
+            config,
             ticker,
         })
     }
 
-    /// Change how long a cache-miss build may take.
-    pub fn with_build_timeout(mut self, timeout: Duration) -> Self {
-        self.build_timeout = timeout;
-        self
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
     }
 
     pub fn cache(&self) -> &Cache {
-        &self.cache
+        &self.config.cache
+    }
+
+    /// Instances live right now, across all handlers.
+    pub fn instances_in_use(&self) -> usize {
+        self.config.max_instances.max(1) as usize - self.slots.available_permits()
     }
 
     /// Load the handler at `path` (a `.py` file or a directory), building
@@ -84,11 +152,20 @@ impl Runtime {
     ) -> Result<Handler, LoadError> {
         debug_assert!(!self.ticker.stop.load(Ordering::Relaxed));
         let source = HandlerSource::resolve(path, options.module.as_deref())?;
+        if options.limits.memory_bytes > self.config.max_memory_bytes {
+            return Err(LoadError::LimitTooHigh {
+                path: path.to_path_buf(),
+                what: "memory",
+                requested: options.limits.memory_bytes,
+                maximum: self.config.max_memory_bytes,
+            });
+        }
+        let cache = &self.config.cache;
         let built = builder::ensure_built(
             &self.engine,
-            &self.cache,
+            cache,
             &source,
-            self.build_timeout,
+            self.config.build_timeout,
             on_event,
         )?;
         let pre = self
@@ -103,11 +180,18 @@ impl Runtime {
             inner: Arc::new(HandlerInner {
                 pre,
                 app_dir: Built::app_dir(&built.dir),
-                stdlib_dir: self.cache.stdlib_dir().join("python"),
+                stdlib_dir: cache.stdlib_dir().join("python"),
                 source: source.path,
                 entry_module: built.meta.entry_module,
                 cache_hit: built.cache_hit,
                 limits: options.limits.clone(),
+                gate: Gate {
+                    slots: self.slots.clone(),
+                    own: options
+                        .max_concurrency
+                        .map(|n| Arc::new(Semaphore::new(n.max(1) as usize))),
+                    queue_timeout: self.config.queue_timeout,
+                },
             }),
         })
     }
@@ -128,6 +212,42 @@ struct HandlerInner {
     entry_module: String,
     cache_hit: bool,
     limits: Limits,
+    gate: Gate,
+}
+
+/// Admission control: a request needs one of the handler's own permits (if
+/// it has a concurrency limit) and one runtime-wide instance slot. Waiting
+/// is bounded so that overload turns into a quick 503, never a pile-up or
+/// a failed pool allocation.
+struct Gate {
+    slots: Arc<Semaphore>,
+    own: Option<Arc<Semaphore>>,
+    queue_timeout: Duration,
+}
+
+impl Gate {
+    async fn enter(
+        &self,
+    ) -> Result<(Option<OwnedSemaphorePermit>, OwnedSemaphorePermit), DispatchError> {
+        let acquire = async {
+            let own = match &self.own {
+                Some(own) => Some(own.clone().acquire_owned().await.expect("never closed")),
+                None => None,
+            };
+            let slot = self
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            (own, slot)
+        };
+        tokio::time::timeout(self.queue_timeout, acquire)
+            .await
+            .map_err(|_| DispatchError::Overloaded {
+                waited: self.queue_timeout,
+            })
+    }
 }
 
 impl Handler {
@@ -139,12 +259,26 @@ impl Handler {
     }
 
     /// Run `request` in a brand-new instance and drop the instance afterwards.
+    ///
+    /// Waits (at most the runtime's queue timeout) for an instance slot.
     pub async fn dispatch(&self, request: Request) -> Exchange {
+        let limit = self.inner.limits.max_request_body;
+        if request.body.len() > limit {
+            return Exchange::refused(DispatchError::RequestTooLarge {
+                size: request.body.len(),
+                limit,
+            });
+        }
+        let _permits = match self.inner.gate.enter().await {
+            Ok(permits) => permits,
+            Err(error) => return Exchange::refused(error),
+        };
         sandbox::dispatch(&self.inner.pre, &self.mounts(), &self.inner.limits, request).await
     }
 
     /// The route table, as the guest reports it through its `routes` export.
     pub async fn routes(&self) -> Result<Vec<RouteInfo>, DispatchError> {
+        let _permits = self.inner.gate.enter().await?;
         let routes =
             sandbox::guest_routes(&self.inner.pre, &self.mounts(), &self.inner.limits).await?;
         Ok(routes

@@ -13,7 +13,7 @@ use crate::guest;
 use crate::http::{Request, Response};
 use crate::limits::Limits;
 use crate::output::{CappedPipe, CapturedOutput};
-use crate::runtime::EPOCH_TICK;
+use crate::runtime::{EPOCH_TICK, MAX_TABLE_ELEMENTS};
 use crate::wit::{SandboxPre, types};
 
 /// Everything a request's Store owns; dropped with the Store.
@@ -39,10 +39,6 @@ struct MemoryLimiter {
     total: usize,
     hit: bool,
 }
-
-/// Tables only hold function references; this bounds a guest that grows them
-/// instead of memory (libpython's table has ~6k entries).
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
@@ -81,6 +77,16 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// An exchange that never reached a guest.
+    pub(crate) fn refused(error: DispatchError) -> Self {
+        Self {
+            result: Err(error),
+            stdout: CapturedOutput::default(),
+            stderr: CapturedOutput::default(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
     /// The response to send: the handler's, or the host's error response.
     pub fn response(&self) -> Response {
         match &self.result {
@@ -186,12 +192,6 @@ async fn run(
     stdout: &CappedPipe,
     stderr: &CappedPipe,
 ) -> Result<Response, DispatchError> {
-    if request.body.len() > limits.max_request_body {
-        return Err(DispatchError::RequestTooLarge {
-            size: request.body.len(),
-            limit: limits.max_request_body,
-        });
-    }
     let mut store = new_store(pre, mounts, limits, stdout, stderr)?;
 
     let wit_request = types::Request {
@@ -221,12 +221,16 @@ async fn run(
         Err(_elapsed) => Err(DispatchError::Timeout(limits.timeout)),
         Ok(Err(error)) => Err(if memory_hit {
             memory_error()
-        } else if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-            DispatchError::Timeout(limits.timeout)
         } else if let Some(exit) = error.downcast_ref::<I32Exit>() {
             DispatchError::Exited(exit.0)
         } else {
-            DispatchError::Trap(format!("{error:#}"))
+            match error.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => DispatchError::Timeout(limits.timeout),
+                Some(Trap::StackOverflow) => DispatchError::StackOverflow,
+                // The trap code alone; the wasm backtrace is noise to operators.
+                Some(trap) => DispatchError::Trap(trap.to_string()),
+                None => DispatchError::Trap(error.root_cause().to_string()),
+            }
         }),
         Ok(Ok(Err(types::DispatchError::NotFound))) => Err(DispatchError::NotFound),
         Ok(Ok(Err(types::DispatchError::MethodNotAllowed(allowed)))) => {

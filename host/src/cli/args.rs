@@ -1,5 +1,6 @@
 //! Argument definitions (clap).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +41,13 @@ pub enum Command {
     Routes(HandlerArgs),
     /// Build the handler's sandbox image into the cache without running it
     Build(HandlerArgs),
+    /// Serve a handler, or every tenant of a config file, over HTTP/1.1
+    #[command(
+        after_help = "Logs go to stderr (filter with PYCAGE_LOG, e.g. PYCAGE_LOG=debug). \
+        SIGINT or SIGTERM stops accepting connections and lets in-flight requests finish \
+        for up to the shutdown timeout."
+    )]
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -95,9 +103,55 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Handler to serve as the only tenant (omit when using --config)
+    #[arg(
+        value_name = "HANDLER",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub handler: Option<PathBuf>,
+
+    /// Entry module of a directory handler [default: the first of app, handler, main]
+    #[arg(long, value_name = "NAME", requires = "handler")]
+    pub module: Option<String>,
+
+    /// Multi-tenant configuration (pycage.toml); limits then come from the file
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080, or server.listen from --config]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Sandbox instances live at once, across all tenants [default: 64]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_instances: Option<u32>,
+
+    /// Most concurrent requests for the single handler [default: max-instances]
+    #[arg(long, value_name = "N", conflicts_with = "config", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrency: Option<u32>,
+
+    /// How long a request may wait for a free instance before a 503 [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = pycage::limits::parse_duration)]
+    pub queue_timeout: Option<Duration>,
+
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = pycage::limits::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Wall-clock limit per request, e.g. 500ms, 10s, 2m
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = pycage::limits::parse_duration)]
     pub timeout: Duration,
 
     /// Memory limit per instance in MiB
@@ -117,40 +171,9 @@ pub struct LimitArgs {
     pub max_output: usize,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 10s or 2m"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit `{unit}` (use ms, s or m)")),
-    };
-    if !(0.001..=3600.0).contains(&seconds) {
-        return Err("duration must be between 1ms and 1h".into());
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("1h").is_err());
-        assert!(parse_duration("abc").is_err());
-    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -6,6 +6,7 @@
 
 use std::io::{IsTerminal, Write};
 
+pub use pycage::output::escape_controls;
 use pycage::{CapturedOutput, LoadEvent, Response};
 
 /// Prints load progress and diagnostics.
@@ -75,19 +76,6 @@ pub fn guest_lines(label: &str, bytes: &[u8], truncated: bool) {
     }
 }
 
-/// Replace control characters (other than tab) with visible escapes.
-pub fn escape_controls(line: &str) -> String {
-    line.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// The response as written to stdout: body only, or `-i` style head + body.
 pub fn response_bytes(response: &Response, include_head: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(response.body.len() + 256);
@@ -112,11 +100,6 @@ pub fn response_bytes(response: &Response, include_head: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(escape_controls("a\u{1b}[31mb\tc"), "a\\u{1b}[31mb\tc");
-    }
 
     #[test]
     fn head_looks_like_curl() {
