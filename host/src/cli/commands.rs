@@ -1,12 +1,19 @@
 //! The subcommands. Each loads the handler through the library API, then
 //! does its one thing.
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use pycage::{Cache, DispatchError, Handler, Limits, LoadError, LoadOptions, Request, Runtime};
+use pycage::config::{self, ServeConfig, TenantConfig};
+use pycage::server::{self, Server};
+use pycage::{
+    Cache, DispatchError, Handler, Limits, LoadError, LoadOptions, Request, Runtime, RuntimeConfig,
+};
+use tracing::info;
 
-use super::args::{Cli, Command, HandlerArgs, LimitArgs, RunArgs};
+use super::args::{Cli, Command, HandlerArgs, LimitArgs, RunArgs, ServeArgs};
 use super::display::{self, Reporter};
 
 /// A failure that ends the command, with the exit status it maps to.
@@ -33,14 +40,18 @@ impl Failure {
 }
 
 pub fn execute(cli: Cli) -> Result<ExitCode, Failure> {
-    let cache = Cache::new(cli.cache_dir.unwrap_or_else(Cache::default_root));
     let reporter = Reporter::new(cli.quiet);
+    let cache = || Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root));
     match cli.command {
-        Command::Run(args) => run(cache, &reporter, args),
-        Command::Routes(args) => routes(cache, &reporter, args),
-        Command::Build(args) => build(cache, &reporter, args),
+        Command::Run(args) => run(cache(), &reporter, args),
+        Command::Routes(args) => routes(cache(), &reporter, args),
+        Command::Build(args) => build(cache(), &reporter, args),
+        Command::Serve(args) => serve(cli.cache_dir.clone(), &reporter, args),
     }
 }
+
+/// Instance slots for one-shot commands: requests run one at a time.
+const CLI_INSTANCES: u32 = 2;
 
 fn load(
     cache: Cache,
@@ -48,10 +59,14 @@ fn load(
     args: &HandlerArgs,
     limits: Limits,
 ) -> Result<Handler, Failure> {
-    let runtime = Runtime::new(cache).map_err(Failure::Runtime)?;
+    let mut config = RuntimeConfig::new(cache);
+    config.max_instances = CLI_INSTANCES;
+    config.max_memory_bytes = limits.memory_bytes;
+    let runtime = Runtime::with_config(config).map_err(Failure::Runtime)?;
     let options = LoadOptions {
         module: args.module.clone(),
         limits,
+        max_concurrency: None,
     };
     Ok(runtime.load(&args.handler, &options, &|event| reporter.event(event))?)
 }
@@ -193,4 +208,103 @@ fn build(cache: Cache, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCod
             .display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration `serve` runs with: the file's, or a single catch-all
+/// tenant built from the flags; command-line flags override the file.
+fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Failure> {
+    let mut config = match (&args.config, &args.handler) {
+        (Some(path), _) => ServeConfig::load(path).map_err(|e| Failure::Usage(e.to_string()))?,
+        (None, Some(handler)) => ServeConfig {
+            listen: config::DEFAULT_LISTEN.parse().expect("valid default"),
+            admin_listen: None,
+            max_instances: config::DEFAULT_MAX_INSTANCES,
+            queue_timeout: config::DEFAULT_QUEUE_TIMEOUT,
+            shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
+            cache_dir: None,
+            tenants: vec![TenantConfig {
+                name: "default".into(),
+                handler: handler.clone(),
+                module: args.module.clone(),
+                hosts: Vec::new(),
+                path_prefix: None,
+                limits: limits(&args.limits),
+                max_concurrency: args.max_concurrency,
+            }],
+        },
+        (None, None) => return Err(Failure::Usage("give a HANDLER or --config FILE".into())),
+    };
+    config.listen = args.listen.unwrap_or(config.listen);
+    config.admin_listen = args.admin_listen.or(config.admin_listen);
+    config.max_instances = args.max_instances.unwrap_or(config.max_instances);
+    config.queue_timeout = args.queue_timeout.unwrap_or(config.queue_timeout);
+    config.shutdown_timeout = args.shutdown_timeout.unwrap_or(config.shutdown_timeout);
+    Ok(config)
+}
+
+fn serve(
+    cache_dir: Option<PathBuf>,
+    reporter: &Reporter,
+    args: ServeArgs,
+) -> Result<ExitCode, Failure> {
+    init_logging();
+    let config = serve_config(&args)?;
+    let cache_root = cache_dir
+        .or(config.cache_dir.clone())
+        .unwrap_or_else(Cache::default_root);
+    let runtime_config = server::runtime_config(&config, Cache::new(cache_root));
+    let runtime = Arc::new(Runtime::with_config(runtime_config).map_err(Failure::Runtime)?);
+    let tenants = server::load_tenants(&runtime, &config, &|event| reporter.event(event))
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    rt.block_on(async {
+        let server = Server::bind(
+            runtime,
+            tenants,
+            config.listen,
+            config.admin_listen,
+            config.shutdown_timeout,
+        )
+        .await
+        .map_err(|e| {
+            Failure::Runtime(anyhow::anyhow!("cannot listen on {}: {e}", config.listen))
+        })?;
+        info!(
+            "listening on http://{}{}",
+            server.local_addr(),
+            server
+                .admin_addr()
+                .map(|a| format!(" (metrics on http://{a}/metrics)"))
+                .unwrap_or_default()
+        );
+        server
+            .run(shutdown_signal())
+            .await
+            .map_err(|e| Failure::Runtime(e.into()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PYCAGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = terminate.recv() => info!("SIGTERM received"),
+    }
 }

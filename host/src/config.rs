@@ -1,0 +1,461 @@
+//! `pycage.toml`: the multi-tenant server configuration, and its validation.
+//!
+//! Every error names the file, the tenant (when there is one) and the key,
+//! so an operator can fix a config without guessing.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::limits::{Limits, parse_duration};
+
+/// Defaults of the `[server]` table.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_INSTANCES: u32 = 64;
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    /// Where `/metrics` is served; `None` (the default) serves no admin endpoint.
+    pub admin_listen: Option<SocketAddr>,
+    pub max_instances: u32,
+    pub queue_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub cache_dir: Option<PathBuf>,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub name: String,
+    /// Handler file or directory (resolved against the config file's directory).
+    pub handler: PathBuf,
+    pub module: Option<String>,
+    /// Host names (lower-case, without port) that reach this tenant; empty = any host.
+    pub hosts: Vec<String>,
+    /// Path prefix that reaches this tenant ("/shop"); stripped before dispatch.
+    pub path_prefix: Option<String>,
+    pub limits: Limits,
+    pub max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {}key `{key}`: {message}", path.display(), tenant.as_ref().map(|t| format!("tenant `{t}`: ")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        tenant: Option<String>,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    defaults: RawLimits,
+    #[serde(default)]
+    tenant: Vec<RawTenant>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    max_instances: Option<u32>,
+    queue_timeout: Option<String>,
+    shutdown_timeout: Option<String>,
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    timeout: Option<String>,
+    memory_mib: Option<u64>,
+    max_request_body: Option<usize>,
+    max_response_body: Option<usize>,
+    max_output: Option<usize>,
+    max_concurrency: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    name: String,
+    handler: PathBuf,
+    module: Option<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    path_prefix: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+impl ServeConfig {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Validate `text`; relative handler paths resolve against `base`.
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |tenant: Option<&str>, key: &str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            tenant: tenant.map(str::to_owned),
+            key: key.to_owned(),
+            message,
+        };
+        let address = |key: &str, value: &str| {
+            value.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    None,
+                    key,
+                    format!("`{value}` is not an address like 127.0.0.1:8080"),
+                )
+            })
+        };
+        let duration = |tenant: Option<&str>,
+                        key: &str,
+                        value: &Option<String>,
+                        default: Duration| match value {
+            None => Ok(default),
+            Some(text) => parse_duration(text).map_err(|e| invalid(tenant, key, e)),
+        };
+
+        let server = &raw.server;
+        let listen = address(
+            "server.listen",
+            server.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        )?;
+        let admin_listen = match &server.admin_listen {
+            Some(text) => Some(address("server.admin_listen", text)?),
+            None => None,
+        };
+        if admin_listen == Some(listen) {
+            return Err(invalid(
+                None,
+                "server.admin_listen",
+                "must differ from server.listen".into(),
+            ));
+        }
+        let max_instances = server.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+        if !(1..=1024).contains(&max_instances) {
+            return Err(invalid(
+                None,
+                "server.max_instances",
+                format!("{max_instances} is not in 1..=1024"),
+            ));
+        }
+        let queue_timeout = duration(
+            None,
+            "server.queue_timeout",
+            &server.queue_timeout,
+            DEFAULT_QUEUE_TIMEOUT,
+        )?;
+        let shutdown_timeout = duration(
+            None,
+            "server.shutdown_timeout",
+            &server.shutdown_timeout,
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        )?;
+        let defaults = limits(
+            &raw.defaults,
+            &Limits::default(),
+            None,
+            "defaults",
+            &invalid,
+        )?;
+
+        if raw.tenant.is_empty() {
+            return Err(invalid(
+                None,
+                "tenant",
+                "at least one [[tenant]] is required".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut routes = HashSet::new();
+        let mut tenants = Vec::with_capacity(raw.tenant.len());
+        for t in &raw.tenant {
+            let name = t.name.as_str();
+            let valid_name = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !valid_name {
+                return Err(invalid(
+                    Some(name),
+                    "name",
+                    "use 1-64 characters from a-z, 0-9, '-' and '_'".into(),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(invalid(
+                    Some(name),
+                    "name",
+                    "another tenant has the same name".into(),
+                ));
+            }
+            let handler = base.join(&t.handler);
+            if !handler.exists() {
+                return Err(invalid(
+                    Some(name),
+                    "handler",
+                    format!("{} does not exist", handler.display()),
+                ));
+            }
+            let mut hosts = Vec::new();
+            for host in &t.hosts {
+                let host = host.to_ascii_lowercase();
+                let valid = !host.is_empty()
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+                if !valid {
+                    return Err(invalid(
+                        Some(name),
+                        "hosts",
+                        format!("`{host}` is not a host name (no port, no scheme)"),
+                    ));
+                }
+                hosts.push(host);
+            }
+            if let Some(prefix) = &t.path_prefix {
+                let valid = prefix.starts_with('/')
+                    && prefix.len() > 1
+                    && !prefix.ends_with('/')
+                    && !prefix.contains(['?', '#', '%', '{', '}']);
+                if !valid {
+                    return Err(invalid(
+                        Some(name),
+                        "path_prefix",
+                        format!("`{prefix}` must look like /name (leading '/', no trailing '/')"),
+                    ));
+                }
+            }
+            let host_keys: Vec<Option<&str>> = if hosts.is_empty() {
+                vec![None]
+            } else {
+                hosts.iter().map(|h| Some(h.as_str())).collect()
+            };
+            for host in host_keys {
+                if !routes.insert((host.map(str::to_owned), t.path_prefix.clone())) {
+                    return Err(invalid(
+                        Some(name),
+                        "hosts",
+                        format!(
+                            "host {} with path prefix {} already routes to another tenant",
+                            host.unwrap_or("(any)"),
+                            t.path_prefix.as_deref().unwrap_or("(none)")
+                        ),
+                    ));
+                }
+            }
+            let merged = RawLimits {
+                timeout: t.limits.timeout.clone().or(raw.defaults.timeout.clone()),
+                memory_mib: t.limits.memory_mib.or(raw.defaults.memory_mib),
+                max_request_body: t.limits.max_request_body.or(raw.defaults.max_request_body),
+                max_response_body: t
+                    .limits
+                    .max_response_body
+                    .or(raw.defaults.max_response_body),
+                max_output: t.limits.max_output.or(raw.defaults.max_output),
+                max_concurrency: t.limits.max_concurrency.or(raw.defaults.max_concurrency),
+            };
+            let tenant_limits = limits(&merged, &defaults, Some(name), "limits", &invalid)?;
+            let max_concurrency = merged.max_concurrency;
+            if max_concurrency == Some(0) {
+                return Err(invalid(
+                    Some(name),
+                    "limits.max_concurrency",
+                    "must be at least 1".into(),
+                ));
+            }
+            tenants.push(TenantConfig {
+                name: name.to_owned(),
+                handler,
+                module: t.module.clone(),
+                hosts,
+                path_prefix: t.path_prefix.clone(),
+                limits: tenant_limits,
+                max_concurrency,
+            });
+        }
+        Ok(ServeConfig {
+            listen,
+            admin_listen,
+            max_instances,
+            queue_timeout,
+            shutdown_timeout,
+            cache_dir: server.cache_dir.as_ref().map(|dir| base.join(dir)),
+            tenants,
+        })
+    }
+
+    /// The largest memory limit of any tenant (sizes the instance pool).
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.tenants
+            .iter()
+            .map(|t| t.limits.memory_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn limits(
+    raw: &RawLimits,
+    defaults: &Limits,
+    tenant: Option<&str>,
+    table: &str,
+    invalid: &dyn Fn(Option<&str>, &str, String) -> ConfigError,
+) -> Result<Limits, ConfigError> {
+    let key = |name: &str| format!("{table}.{name}");
+    let timeout = match &raw.timeout {
+        Some(text) => parse_duration(text).map_err(|e| invalid(tenant, &key("timeout"), e))?,
+        None => defaults.timeout,
+    };
+    let memory_bytes = match raw.memory_mib {
+        Some(mib) if !(16..=16384).contains(&mib) => {
+            return Err(invalid(
+                tenant,
+                &key("memory_mib"),
+                format!("{mib} is not in 16..=16384"),
+            ));
+        }
+        Some(mib) => mib << 20,
+        None => defaults.memory_bytes,
+    };
+    let positive = |name: &str, value: Option<usize>, default: usize| match value {
+        Some(0) => Err(invalid(tenant, &key(name), "must be at least 1".into())),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    };
+    Ok(Limits {
+        timeout,
+        memory_bytes,
+        max_request_body: positive(
+            "max_request_body",
+            raw.max_request_body,
+            defaults.max_request_body,
+        )?,
+        max_response_body: positive(
+            "max_response_body",
+            raw.max_response_body,
+            defaults.max_response_body,
+        )?,
+        max_output_bytes: positive("max_output", raw.max_output, defaults.max_output_bytes)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServeConfig, ConfigError> {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures");
+        ServeConfig::parse(text, Path::new("pycage.toml"), &fixtures)
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_complete_config_parses_with_defaults_and_overrides() {
+        let config = parse(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            admin_listen = "127.0.0.1:9100"
+            max_instances = 8
+            [defaults]
+            timeout = "2s"
+            [[tenant]]
+            name = "hello"
+            handler = "hello/hello.py"
+            hosts = ["Hello.Example"]
+            [[tenant]]
+            name = "api"
+            handler = "api"
+            path_prefix = "/api"
+            limits = { memory_mib = 64, timeout = "500ms" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.max_instances, 8);
+        assert_eq!(config.tenants[0].hosts, ["hello.example"]);
+        assert_eq!(config.tenants[0].limits.timeout, Duration::from_secs(2));
+        assert_eq!(config.tenants[1].limits.timeout, Duration::from_millis(500));
+        assert_eq!(config.tenants[1].limits.memory_bytes, 64 << 20);
+        assert_eq!(config.max_memory_bytes(), Limits::default().memory_bytes);
+        assert_eq!(config.queue_timeout, DEFAULT_QUEUE_TIMEOUT);
+    }
+
+    #[test]
+    fn errors_name_the_tenant_and_the_key() {
+        let e = error(
+            "[[tenant]]\nname = \"a\"\nhandler = \"hello\"\nlimits = { timeout = \"soon\" }\n",
+        );
+        assert!(e.contains("tenant `a`: key `limits.timeout`"), "{e}");
+        let e = error("[[tenant]]\nname = \"a\"\nhandler = \"nope\"\n");
+        assert!(
+            e.contains("tenant `a`: key `handler`") && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = error("[[tenant]]\nname = \"A b\"\nhandler = \"hello\"\n");
+        assert!(e.contains("key `name`"), "{e}");
+        let e = error(
+            "[[tenant]]\nname = \"a\"\nhandler = \"hello\"\n[[tenant]]\nname = \"a\"\nhandler = \"api\"\npath_prefix=\"/x\"\n",
+        );
+        assert!(e.contains("same name"), "{e}");
+        let e = error(
+            "[[tenant]]\nname = \"a\"\nhandler = \"hello\"\n[[tenant]]\nname = \"b\"\nhandler = \"api\"\n",
+        );
+        assert!(
+            e.contains("tenant `b`") && e.contains("already routes"),
+            "{e}"
+        );
+        let e = error("[[tenant]]\nname = \"a\"\nhandler = \"hello\"\npath_prefix = \"/x/\"\n");
+        assert!(e.contains("key `path_prefix`"), "{e}");
+        let e = error(
+            "[server]\nlisten = \"localhost\"\n[[tenant]]\nname = \"a\"\nhandler = \"hello\"\n",
+        );
+        assert!(e.contains("key `server.listen`"), "{e}");
+        let e = error("[server]\nmax_instance = 3\n");
+        assert!(e.contains("unknown field `max_instance`"), "{e}");
+        let e = error("");
+        assert!(e.contains("at least one [[tenant]]"), "{e}");
+        let e =
+            error("[defaults]\nmemory_mib = 1\n[[tenant]]\nname = \"a\"\nhandler = \"hello\"\n");
+        assert!(e.contains("key `defaults.memory_mib`"), "{e}");
+    }
+}
