@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+pub mod client;
+
 use pycage::{Cache, Exchange, Handler, LoadOptions, Request, Response, Runtime};
 
 pub fn fixture(relative: &str) -> PathBuf {
