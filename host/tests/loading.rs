@@ -97,11 +97,12 @@ fn missing_paths_and_wrong_files_are_refused_before_building() {
 async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
     let dir = tempfile::tempdir().unwrap();
     let handler_path = dir.path().join("svc.py");
-    fs::write(
-        &handler_path,
-        "from pycage import route\n\n@route('/')\ndef i():\n    return 'one'\n",
-    )
-    .unwrap();
+    // A nonce keeps this run's key apart from earlier runs sharing the cache.
+    let nonce = format!("# {}\n", dir.path().display());
+    let source = |answer: &str| {
+        format!("{nonce}from pycage import route\n\n@route('/')\ndef i():\n    return '{answer}'\n")
+    };
+    fs::write(&handler_path, source("one")).unwrap();
     // A runtime of its own, sharing the stdlib export with the other tests.
     let runtime = Runtime::new(Cache::new(cache_dir())).unwrap();
     let builds = RefCell::new(0);
@@ -122,11 +123,7 @@ async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
     assert_eq!(*builds.borrow(), 1, "the second load must not build");
     assert_eq!(ok(&get(&second, "/").await).body, b"one");
 
-    fs::write(
-        &handler_path,
-        "from pycage import route\n\n@route('/')\ndef i():\n    return 'two'\n",
-    )
-    .unwrap();
+    fs::write(&handler_path, source("two")).unwrap();
     let changed = runtime
         .load(&handler_path, &LoadOptions::default(), &count)
         .unwrap();
