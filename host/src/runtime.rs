@@ -353,3 +353,17 @@ impl Drop for EpochTicker {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Embedders share handlers across tasks and threads.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+        assert_send_sync::<Handler>();
+        fn assert_shareable<T: Send + Sync>() {}
+        assert_shareable::<Runtime>();
+    }
+}
