@@ -179,6 +179,12 @@ impl HandlerSource {
                     if !SKIPPED_DIRS.contains(&name.as_str()) {
                         pending.push((path, format!("{relative}/")));
                     }
+                } else if kind.is_file() && is_hard_linked(&entry) {
+                    // Another name for this file may live anywhere on the
+                    // filesystem: it is not the directory's to grant.
+                    snapshot
+                        .skipped
+                        .push((path, "hard link (the file has other names)"));
                 } else if kind.is_file() {
                     let contents = read(&path)?;
                     total += contents.len() as u64;
@@ -216,6 +222,17 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+#[cfg(unix)]
+fn is_hard_linked(entry: &fs::DirEntry) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    entry.metadata().is_ok_and(|m| m.nlink() > 1)
+}
+
+#[cfg(not(unix))]
+fn is_hard_linked(_: &fs::DirEntry) -> bool {
+    false
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
@@ -283,6 +300,9 @@ mod tests {
         fs::create_dir(dir.path().join("__pycache__")).unwrap();
         fs::write(dir.path().join("__pycache__/app.pyc"), "junk").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("passwd")).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), "outside").unwrap();
+        fs::hard_link(outside.path().join("secret"), dir.path().join("linked")).unwrap();
 
         let file = HandlerSource::resolve(&dir.path().join("app.py"), None).unwrap();
         let names: Vec<_> = file
@@ -299,7 +319,11 @@ mod tests {
         let snap = whole.snapshot().unwrap();
         let names: Vec<_> = snap.files.iter().map(|f| f.relative.as_str()).collect();
         assert_eq!(names, ["app.py", "secret.txt"]);
-        assert_eq!(snap.skipped.len(), 1);
-        assert!(snap.skipped[0].0.ends_with("passwd"));
+        let skipped: Vec<_> = snap
+            .skipped
+            .iter()
+            .map(|(p, _)| p.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(skipped, ["linked", "passwd"]);
     }
 }
