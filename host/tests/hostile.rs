@@ -162,6 +162,9 @@ async fn host_environment_and_arguments_are_not_visible() {
     still_serving(&h, "/proc/environment").await;
 }
 
+/// Which error an attack must end in.
+type Expectation = fn(&DispatchError) -> bool;
+
 fn expect_error(exchange: &Exchange, what: &str, check: impl Fn(&DispatchError) -> bool) {
     match &exchange.result {
         Err(error) if check(error) => assert!(error.status() >= 500, "{what}: {error}"),
@@ -172,7 +175,7 @@ fn expect_error(exchange: &Exchange, what: &str, check: impl Fn(&DispatchError) 
 #[tokio::test]
 async fn exits_and_crashes_end_only_the_request() {
     let h = hostile();
-    let cases: &[(&str, fn(&DispatchError) -> bool)] = &[
+    let cases: &[(&str, Expectation)] = &[
         // WASI carries only success or failure: os._exit(3) arrives as 1.
         (
             "/crash/os-exit",
