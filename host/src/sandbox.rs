@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{DirPerms, FilePerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::error::DispatchError;
@@ -13,8 +13,11 @@ use crate::guest;
 use crate::http::{Request, Response};
 use crate::limits::Limits;
 use crate::output::{CappedPipe, CapturedOutput};
-use crate::runtime::{EPOCH_TICK, MAX_TABLE_ELEMENTS};
+use crate::runtime::MAX_TABLE_ELEMENTS;
 use crate::wit::{SandboxPre, types};
+
+/// How long after its timeout a guest that is still being polled is trapped.
+const EPOCH_GRACE: Duration = Duration::from_millis(250);
 
 /// Everything a request's Store owns; dropped with the Store.
 pub(crate) struct SandboxState {
@@ -158,11 +161,22 @@ fn new_store(
     };
     let mut store = Store::new(pre.engine(), state);
     store.limiter(|state| &mut state.memory);
-    // The epoch deadline stops a guest spinning in wasm code; the tokio
-    // timeout around each call also covers time blocked in host calls (sleep).
-    let ticks = (limits.timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
-    store.set_epoch_deadline(ticks);
-    store.epoch_deadline_trap();
+    // A guest spinning in wasm code never returns to the async runtime on its
+    // own: it would hold a tokio worker for its whole timeout, stalling other
+    // requests and the timer that should stop it. So every epoch tick it
+    // yields; the tokio timeout around each call then ends it (and covers
+    // time blocked in host calls such as sleep). Past the deadline plus a
+    // grace period the epoch callback traps, in case the future keeps being
+    // polled anyway.
+    let hard_deadline = Instant::now() + limits.timeout + EPOCH_GRACE;
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= hard_deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
     Ok(store)
 }
 
