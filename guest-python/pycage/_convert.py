@@ -4,7 +4,7 @@ import json
 
 from ._http import Response
 
-__all__ = ["to_wire", "error_body"]
+__all__ = ["to_wire"]
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -73,6 +73,3 @@ def to_wire(result):
         headers.insert(0, ("content-type", implied_type.encode("latin-1")))
     return status, headers, body
 
-
-def error_body(status, message):
-    return to_wire(Response({"error": message}, status=status))
