@@ -159,7 +159,8 @@ impl ServeConfig {
             Some(text) => Some(address("server.admin_listen", text)?),
             None => None,
         };
-        if admin_listen == Some(listen) {
+        // Port 0 picks a free port for each, so only fixed ports can clash.
+        if admin_listen == Some(listen) && listen.port() != 0 {
             return Err(invalid(
                 None,
                 "server.admin_listen",
