@@ -154,7 +154,7 @@ impl Response {
     }
 
     /// Check a response that came from the guest; drop host-owned headers.
-    pub(crate) fn from_guest(
+    pub fn from_guest(
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
         body: Vec<u8>,

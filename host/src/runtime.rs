@@ -72,7 +72,8 @@ pub struct Runtime {
     linker: Linker<SandboxState>,
     config: RuntimeConfig,
     slots: Arc<Semaphore>,
-    ticker: EpochTicker,
+    /// Stops the ticker thread when the runtime is dropped.
+    _ticker: EpochTicker,
 }
 
 /// Options for [`Runtime::load`].
@@ -135,7 +136,7 @@ impl Runtime {
             linker,
             slots: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
             config,
-            ticker,
+            _ticker: ticker,
         })
     }
 
@@ -161,7 +162,6 @@ impl Runtime {
         options: &LoadOptions,
         on_event: &dyn Fn(LoadEvent<'_>),
     ) -> Result<Handler, LoadError> {
-        debug_assert!(!self.ticker.stop.load(Ordering::Relaxed));
         let source = HandlerSource::resolve(path, options.module.as_deref())?;
         if options.limits.memory_bytes > self.config.max_memory_bytes {
             return Err(LoadError::LimitTooHigh {
