@@ -147,15 +147,19 @@ fn deserialize(engine: &Engine, dir: &Path) -> Result<Component, LoadError> {
             source,
         }
     })?;
-    wit::check_exports(engine, &component).map_err(|found| LoadError::WitVersionMismatch {
-        path,
-        found,
-        expected: format!("{}@{}", wit::WIT_INTERFACE, wit::WIT_VERSION),
-    })?;
+    check_wit(engine, &component, path)?;
     Ok(component)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Refuse a component that does not export our WIT interface at our version.
+fn check_wit(engine: &Engine, component: &Component, path: PathBuf) -> Result<(), LoadError> {
+    wit::check_exports(engine, component).map_err(|found| LoadError::WitVersionMismatch {
+        path,
+        found,
+        expected: format!("{}@{}", wit::WIT_INTERFACE, wit::WIT_VERSION),
+    })
+}
+
 fn build_into(
     engine: &Engine,
     cache: &Cache,
@@ -223,11 +227,7 @@ fn build_into(
         path: wasm.clone(),
         source,
     })?;
-    wit::check_exports(engine, &component).map_err(|found| LoadError::WitVersionMismatch {
-        path: source.path.clone(),
-        found,
-        expected: format!("{}@{}", wit::WIT_INTERFACE, wit::WIT_VERSION),
-    })?;
+    check_wit(engine, &component, source.path.clone())?;
     let artifact = component.serialize().map_err(|source| LoadError::Compile {
         path: wasm.clone(),
         source,
