@@ -235,16 +235,8 @@ async fn run(
         Err(_elapsed) => Err(DispatchError::Timeout(limits.timeout)),
         Ok(Err(error)) => Err(if memory_hit {
             memory_error()
-        } else if let Some(exit) = error.downcast_ref::<I32Exit>() {
-            DispatchError::Exited(exit.0)
         } else {
-            match error.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => DispatchError::Timeout(limits.timeout),
-                Some(Trap::StackOverflow) => DispatchError::StackOverflow,
-                // The trap code alone; the wasm backtrace is noise to operators.
-                Some(trap) => DispatchError::Trap(trap.to_string()),
-                None => DispatchError::Trap(error.root_cause().to_string()),
-            }
+            classify_failure(&error, limits)
         }),
         Ok(Ok(Err(types::DispatchError::NotFound))) => Err(DispatchError::NotFound),
         Ok(Ok(Err(types::DispatchError::MethodNotAllowed(allowed)))) => {
@@ -273,6 +265,20 @@ async fn run(
     }
 }
 
+/// Why instantiating or calling the guest failed (other than a memory cap).
+fn classify_failure(error: &wasmtime::Error, limits: &Limits) -> DispatchError {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return DispatchError::Exited(exit.0);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => DispatchError::Timeout(limits.timeout),
+        Some(Trap::StackOverflow) => DispatchError::StackOverflow,
+        // The trap code alone; the wasm backtrace is noise to operators.
+        Some(trap) => DispatchError::Trap(trap.to_string()),
+        None => DispatchError::Trap(error.root_cause().to_string()),
+    }
+}
+
 /// Instantiate once and ask the guest for its route table.
 pub(crate) async fn guest_routes(
     pre: &SandboxPre<SandboxState>,
@@ -290,7 +296,7 @@ pub(crate) async fn guest_routes(
     };
     match tokio::time::timeout(limits.timeout, call).await {
         Err(_) => Err(DispatchError::Timeout(limits.timeout)),
-        Ok(Err(e)) => Err(DispatchError::Trap(format!("{e:#}"))),
+        Ok(Err(error)) => Err(classify_failure(&error, limits)),
         Ok(Ok(routes)) => Ok(routes),
     }
 }
