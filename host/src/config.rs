@@ -281,19 +281,9 @@ impl ServeConfig {
                     ));
                 }
             }
-            let merged = RawLimits {
-                timeout: t.limits.timeout.clone().or(raw.defaults.timeout.clone()),
-                memory_mib: t.limits.memory_mib.or(raw.defaults.memory_mib),
-                max_request_body: t.limits.max_request_body.or(raw.defaults.max_request_body),
-                max_response_body: t
-                    .limits
-                    .max_response_body
-                    .or(raw.defaults.max_response_body),
-                max_output: t.limits.max_output.or(raw.defaults.max_output),
-                max_concurrency: t.limits.max_concurrency.or(raw.defaults.max_concurrency),
-            };
-            let tenant_limits = limits(&merged, &defaults, Some(name), "limits", &invalid)?;
-            let max_concurrency = merged.max_concurrency;
+            // Unset keys fall back to [defaults], already validated above.
+            let tenant_limits = limits(&t.limits, &defaults, Some(name), "limits", &invalid)?;
+            let max_concurrency = t.limits.max_concurrency.or(raw.defaults.max_concurrency);
             if max_concurrency == Some(0) {
                 return Err(invalid(
                     Some(name),
