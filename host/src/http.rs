@@ -27,6 +27,10 @@ const HOST_OWNED_HEADERS: &[&str] = &[
 /// Most headers a handler response may carry.
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
+fn reason_phrase(status: u16) -> Option<&'static str> {
+    StatusCode::from_u16(status).ok()?.canonical_reason()
+}
+
 /// A request as handed to a handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -106,10 +110,7 @@ pub struct Response {
 impl Response {
     /// The standard reason phrase ("OK", "Not Found", ...), or "" if none.
     pub fn reason(&self) -> &'static str {
-        StatusCode::from_u16(self.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("")
+        reason_phrase(self.status).unwrap_or("")
     }
 
     /// The first value of header `name` (case-insensitive).
@@ -124,10 +125,7 @@ impl Response {
     /// that never includes guest details (tracebacks stay in the logs).
     pub fn for_error(error: &DispatchError) -> Self {
         let status = error.status();
-        let reason = StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("Error");
+        let reason = reason_phrase(status).unwrap_or("Error");
         let mut headers = vec![("content-type".to_owned(), b"application/json".to_vec())];
         match error {
             DispatchError::MethodNotAllowed { allowed } => {
