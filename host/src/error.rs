@@ -87,6 +87,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
 
+    #[cfg(feature = "runtime")]
     #[error("compiling the component {}: {source:#}", path.display())]
     Compile {
         path: PathBuf,

@@ -24,25 +24,37 @@
 //! - The contract with the guest is `wit/handler.wit` ([`wit`]); the guest
 //!   side lives in `guest-python/` ([`guest`]).
 
+#[cfg(feature = "runtime")]
 pub mod builder;
+#[cfg(feature = "runtime")]
 pub mod cache;
 pub mod config;
 pub mod error;
+#[cfg(feature = "runtime")]
 pub mod guest;
 pub mod http;
 pub mod limits;
+#[cfg(feature = "runtime")]
 pub mod output;
+#[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "runtime")]
 pub mod sandbox;
 pub mod server;
 pub mod stage;
+#[cfg(feature = "runtime")]
 pub mod wit;
 
+#[cfg(feature = "runtime")]
 pub use builder::{LoadEvent, RouteInfo};
+#[cfg(feature = "runtime")]
 pub use cache::Cache;
 pub use error::{DispatchError, LoadError};
 pub use http::{Request, RequestError, Response};
 pub use limits::Limits;
+#[cfg(feature = "runtime")]
 pub use output::CapturedOutput;
+#[cfg(feature = "runtime")]
 pub use runtime::{Handler, LoadOptions, Runtime, RuntimeConfig};
+#[cfg(feature = "runtime")]
 pub use sandbox::Exchange;
