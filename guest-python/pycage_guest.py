@@ -118,11 +118,33 @@ def _precompile(root):
                     pass  # an unimportable file fails with a clear error if it is imported
 
 
+def _extend_path():
+    """Put the handler's dependencies on sys.path, as `site` would.
+
+    The layers (/2, /3, ...) are already on it, after the standard library
+    and the handler; `site.addsitedir` runs their .pth files (adding listed
+    directories that exist, executing `import` lines). vendor/ goes right
+    after the handler's own directory.
+    """
+    import site
+
+    if os.path.isdir(config.VENDOR_DIR):
+        try:
+            position = sys.path.index(config.APP_GUEST_DIR) + 1
+        except ValueError:
+            position = len(sys.path)
+        sys.path.insert(position, config.VENDOR_DIR)
+        site.addsitedir(config.VENDOR_DIR)
+    for layer in config.LAYER_DIRS:
+        site.addsitedir(layer)
+
+
 def _load():
     captured = _CappedText(_BUILD_OUTPUT_LIMIT)
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = captured
     try:
+        _extend_path()
         module = importlib.import_module(config.ENTRY_MODULE)
         if not (getattr(module, "__file__", None) or "").startswith(config.APP_GUEST_DIR + "/"):
             raise ImportError(
@@ -158,7 +180,8 @@ def _load():
         })
         raise
     sys.stdout, sys.stderr = saved
-    _precompile(config.APP_GUEST_DIR)
+    for tree in (config.APP_GUEST_DIR, *config.LAYER_DIRS):
+        _precompile(tree)
     _write_report({
         "ok": True,
         "routes": [

@@ -14,6 +14,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::cache::{self, Cache};
+use crate::deps::{self, Layer};
 use crate::error::LoadError;
 use crate::guest;
 use crate::stage::{HandlerSource, Snapshot};
@@ -33,6 +34,9 @@ pub(crate) struct Meta {
     pub pycage_version: String,
     pub wit_version: String,
     pub entry_module: String,
+    /// How many dependency layers are mounted (at /2, /3, ...).
+    #[serde(default)]
+    pub layers: usize,
 }
 
 /// Progress and diagnostics while loading; the CLI prints them, an embedder
@@ -43,6 +47,12 @@ pub enum LoadEvent<'a> {
     Skipped { path: &'a Path, reason: &'a str },
     /// A one-time export of the standard library is starting.
     PreparingStdlib,
+    /// Dependencies declared in a pyproject.toml are being installed (cache miss).
+    InstallingDependencies {
+        pyproject: &'a Path,
+        installer: &'a str,
+        requirements: &'a [String],
+    },
     /// The handler is being built (cache miss).
     Building { source: &'a Path },
     /// Output the handler printed while being imported at build time.
@@ -63,6 +73,21 @@ impl Built {
     pub(crate) fn app_dir(dir: &Path) -> PathBuf {
         dir.join("app")
     }
+
+    /// The host directories of the dependency layers with their guest mounts.
+    pub(crate) fn layer_mounts(&self) -> Vec<(PathBuf, String)> {
+        (0..self.meta.layers)
+            .map(|index| {
+                let mount = Layer::mount(index);
+                (layer_dir(&self.dir, &mount), mount)
+            })
+            .collect()
+    }
+}
+
+/// Where the copy of the layer mounted at `mount` ("/2") lives in an image.
+fn layer_dir(image: &Path, mount: &str) -> PathBuf {
+    image.join("layers").join(mount.trim_start_matches('/'))
 }
 
 const ARTIFACT: &str = "sandbox.cwasm";
@@ -73,6 +98,7 @@ pub(crate) fn ensure_built(
     engine: &Engine,
     cache: &Cache,
     source: &HandlerSource,
+    venv: Option<&Path>,
     build_timeout: Duration,
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<Built, LoadError> {
@@ -80,7 +106,8 @@ pub(crate) fn ensure_built(
     for (path, reason) in &snapshot.skipped {
         on_event(LoadEvent::Skipped { path, reason });
     }
-    let key = cache::handler_key(&source.entry_module, &snapshot);
+    let layers = deps::layers(source, &snapshot, venv, cache, build_timeout, on_event)?;
+    let key = cache::handler_key(&source.entry_module, &snapshot, &layers);
     let dir = cache.handler_dir(&key);
     if let Some(built) = load_cached(engine, cache, &dir)? {
         return Ok(built);
@@ -98,6 +125,7 @@ pub(crate) fn ensure_built(
         cache,
         source,
         &snapshot,
+        &layers,
         scratch.path(),
         build_timeout,
         on_event,
@@ -165,6 +193,7 @@ fn build_into(
     cache: &Cache,
     source: &HandlerSource,
     snapshot: &Snapshot,
+    layers: &[Layer],
     scratch: &Path,
     build_timeout: Duration,
     on_event: &dyn Fn(LoadEvent<'_>),
@@ -178,15 +207,26 @@ fn build_into(
     let wit_dir = scratch.join("wit");
     let wasm = scratch.join("component.wasm");
     snapshot.write_to(&app).map_err(io(&app))?;
-    guest::write_framework(&framework, &source.entry_module).map_err(io(&framework))?;
+    let mounts: Vec<String> = (0..layers.len()).map(Layer::mount).collect();
+    let mut layer_dirs = Vec::new();
+    for (layer, mount) in layers.iter().zip(&mounts) {
+        let dir = layer_dir(scratch, mount);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        layer.write_to(&dir)?;
+        layer_dirs.push(dir);
+    }
+    guest::write_framework(&framework, &source.entry_module, &mounts).map_err(io(&framework))?;
     fs::create_dir_all(&wit_dir).map_err(io(&wit_dir))?;
     fs::write(wit_dir.join("handler.wit"), wit::WIT_SOURCE).map_err(io(&wit_dir))?;
 
     // The framework comes first (mounted at /0) so a handler file cannot
-    // shadow it; the handler is /1 (see guest::GUEST_IMPORT_DIR).
+    // shadow it; the handler is /1 (see guest::GUEST_IMPORT_DIR), then the
+    // layers (see deps::Layer::mount).
+    let mut python_path = vec![framework.as_path(), app.as_path()];
+    python_path.extend(layer_dirs.iter().map(PathBuf::as_path));
     let generated = componentize(
         &wit_dir,
-        &[&framework, &app],
+        &python_path,
         guest::APP_MODULE,
         &wasm,
         build_timeout,
@@ -237,6 +277,7 @@ fn build_into(
         pycage_version: env!("CARGO_PKG_VERSION").into(),
         wit_version: wit::WIT_VERSION.into(),
         entry_module: source.entry_module.clone(),
+        layers: layers.len(),
     };
     let meta_json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
     fs::write(scratch.join(META), meta_json).map_err(io(scratch))?;

@@ -7,6 +7,9 @@
 //! handlers/<key>/app/         the handler's files as built (read-only mount at /app)
 //! handlers/<key>/sandbox.cwasm  the compiled, pre-initialised component
 //! handlers/<key>/meta.json    routes and build facts
+//! handlers/<key>/layers/<n>/  copies of the dependency layers (read-only mounts at /<n>)
+//! layers/<key>/site-packages/ dependencies installed from a pyproject.toml (shared)
+//! layers/<key>/layer.json     what the installer put there
 //! ```
 //!
 //! Entries are built in a temporary sibling directory and renamed into place,
@@ -18,6 +21,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::deps::{Layer, LayerContents};
 use crate::error::LoadError;
 use crate::guest;
 use crate::stage::Snapshot;
@@ -26,7 +30,7 @@ use crate::stage::Snapshot;
 pub const CACHE_DIR_ENV: &str = "PYCAGE_CACHE_DIR";
 
 /// Bumped whenever the layout or the meaning of a cached entry changes.
-const LAYOUT_VERSION: &str = "1";
+const LAYOUT_VERSION: &str = "2";
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -58,6 +62,10 @@ impl Cache {
 
     pub(crate) fn handler_dir(&self, key: &str) -> PathBuf {
         self.root.join("handlers").join(key)
+    }
+
+    pub(crate) fn layer_dir(&self, key: &str) -> PathBuf {
+        self.root.join("layers").join(key)
     }
 
     pub(crate) fn stdlib_dir(&self) -> PathBuf {
@@ -147,9 +155,21 @@ fn stdlib_key() -> String {
     short(h)
 }
 
+/// Key of an installed dependency layer: the toolchain, the guest's Python
+/// version and the (normalised) requirement list. Identical lists share it.
+pub(crate) fn layer_key(requirements: &[String]) -> String {
+    let mut h = hasher();
+    field(&mut h, b"dependency-layer");
+    field(&mut h, guest::GUEST_PYTHON_VERSION.as_bytes());
+    for requirement in requirements {
+        field(&mut h, requirement.as_bytes());
+    }
+    short(h)
+}
+
 /// Key of one built handler: the toolchain, the guest framework, the WIT, the
-/// entry module and every staged file (path and contents).
-pub(crate) fn handler_key(entry_module: &str, snapshot: &Snapshot) -> String {
+/// entry module, every staged file (path and contents) and every layer.
+pub(crate) fn handler_key(entry_module: &str, snapshot: &Snapshot, layers: &[Layer]) -> String {
     let mut h = hasher();
     field(&mut h, crate::wit::WIT_SOURCE.as_bytes());
     for (name, source) in guest::FRAMEWORK_FILES {
@@ -157,11 +177,28 @@ pub(crate) fn handler_key(entry_module: &str, snapshot: &Snapshot) -> String {
         field(&mut h, source.as_bytes());
     }
     field(&mut h, entry_module.as_bytes());
-    for file in &snapshot.files {
-        field(&mut h, file.relative.as_bytes());
-        field(&mut h, &file.contents);
+    hash_files(&mut h, snapshot);
+    for layer in layers {
+        match &layer.contents {
+            LayerContents::Files(files) => {
+                field(&mut h, b"files");
+                hash_files(&mut h, files);
+            }
+            LayerContents::Installed { key, .. } => {
+                field(&mut h, b"installed");
+                field(&mut h, key.as_bytes());
+            }
+        }
     }
     short(h)
+}
+
+fn hash_files(h: &mut blake3::Hasher, snapshot: &Snapshot) {
+    field(h, &(snapshot.files.len() as u64).to_le_bytes());
+    for file in &snapshot.files {
+        field(h, file.relative.as_bytes());
+        field(h, &file.contents);
+    }
 }
 
 #[cfg(test)]
@@ -184,18 +221,47 @@ mod tests {
 
     #[test]
     fn key_changes_with_content_path_and_entry() {
-        let base = handler_key("app", &snap(&[("app.py", "x")]));
-        assert_eq!(base, handler_key("app", &snap(&[("app.py", "x")])));
-        assert_ne!(base, handler_key("app", &snap(&[("app.py", "y")])));
-        assert_ne!(base, handler_key("main", &snap(&[("app.py", "x")])));
+        let base = handler_key("app", &snap(&[("app.py", "x")]), &[]);
+        assert_eq!(base, handler_key("app", &snap(&[("app.py", "x")]), &[]));
+        assert_ne!(base, handler_key("app", &snap(&[("app.py", "y")]), &[]));
+        assert_ne!(base, handler_key("main", &snap(&[("app.py", "x")]), &[]));
         assert_ne!(
             base,
-            handler_key("app", &snap(&[("app.py", "x"), ("d.txt", "")]))
+            handler_key("app", &snap(&[("app.py", "x"), ("d.txt", "")]), &[])
         );
         // Moving bytes between path and contents must not collide.
         assert_ne!(
-            handler_key("app", &snap(&[("ab", "c")])),
-            handler_key("app", &snap(&[("a", "bc")]))
+            handler_key("app", &snap(&[("ab", "c")]), &[]),
+            handler_key("app", &snap(&[("a", "bc")]), &[])
+        );
+    }
+
+    #[test]
+    fn key_changes_with_layers() {
+        let app = snap(&[("app.py", "x")]);
+        let installed = |key: &str| Layer {
+            origin: PathBuf::from("pyproject.toml"),
+            contents: LayerContents::Installed {
+                key: key.into(),
+                dir: PathBuf::new(),
+            },
+        };
+        let files = |contents: &str| Layer {
+            origin: PathBuf::from("venv"),
+            contents: LayerContents::Files(snap(&[("pkg.py", contents)])),
+        };
+        let bare = handler_key("app", &app, &[]);
+        let a = handler_key("app", &app, &[installed("a")]);
+        assert_ne!(bare, a);
+        assert_eq!(a, handler_key("app", &app, &[installed("a")]));
+        assert_ne!(a, handler_key("app", &app, &[installed("b")]));
+        assert_ne!(
+            handler_key("app", &app, &[files("1")]),
+            handler_key("app", &app, &[files("2")])
+        );
+        assert_ne!(
+            layer_key(&["attrs==25.1.0".into()]),
+            layer_key(&["attrs==25.3.0".into()])
         );
     }
 }

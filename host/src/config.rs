@@ -43,6 +43,9 @@ pub struct TenantConfig {
     pub path_prefix: Option<String>,
     pub limits: Limits,
     pub max_concurrency: Option<u32>,
+    /// A virtualenv whose packages this tenant may import (resolved against
+    /// the config file's directory). Chosen by the operator, like `handler`.
+    pub venv: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,7 @@ struct RawTenant {
     #[serde(default)]
     hosts: Vec<String>,
     path_prefix: Option<String>,
+    venv: Option<PathBuf>,
     #[serde(default)]
     limits: RawLimits,
 }
@@ -234,6 +238,16 @@ impl ServeConfig {
                     format!("{} does not exist", handler.display()),
                 ));
             }
+            let venv = t.venv.as_ref().map(|venv| base.join(venv));
+            if let Some(venv) = &venv
+                && !venv.is_dir()
+            {
+                return Err(invalid(
+                    Some(name),
+                    "venv",
+                    format!("{} is not a directory", venv.display()),
+                ));
+            }
             let mut hosts = Vec::new();
             for host in &t.hosts {
                 let host = host.to_ascii_lowercase();
@@ -299,6 +313,7 @@ impl ServeConfig {
                 path_prefix: t.path_prefix.clone(),
                 limits: tenant_limits,
                 max_concurrency,
+                venv,
             });
         }
         Ok(ServeConfig {

@@ -67,6 +67,49 @@ pub enum LoadError {
         maximum: u64,
     },
 
+    #[error("{}: {message}", path.display())]
+    Pyproject { path: PathBuf, message: String },
+
+    #[error("--venv {}: {message}", path.display())]
+    Venv { path: PathBuf, message: String },
+
+    #[error(
+        "{}: declares dependencies, but neither pip (`python3 -m pip`) nor uv is on PATH; \
+         install one of them (for example `apt install python3-pip`) and build again",
+        path.display()
+    )]
+    NoInstaller { path: PathBuf },
+
+    #[error("{}: installing the dependencies with {installer} failed:\n{detail}", path.display())]
+    DependencyInstall {
+        path: PathBuf,
+        installer: &'static str,
+        detail: String,
+    },
+
+    #[error(
+        "{}: `{requirement}` has no pure-Python wheel; its wheels are native (extension \
+         module {modules}) and cannot run in the sandbox's WebAssembly CPython; use a \
+         pure-Python alternative",
+        path.display()
+    )]
+    NativeOnly {
+        path: PathBuf,
+        requirement: String,
+        modules: String,
+    },
+
+    #[error(
+        "{}: package `{package}` contains the native extension module `{module}`, which \
+         cannot run in the sandbox's WebAssembly CPython; use a pure-Python package instead",
+        path.display()
+    )]
+    NativeExtension {
+        path: PathBuf,
+        package: String,
+        module: String,
+    },
+
     #[error("building the sandbox for {} timed out after {timeout:?}", path.display())]
     BuildTimeout { path: PathBuf, timeout: Duration },
 

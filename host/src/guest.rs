@@ -7,6 +7,8 @@ use std::path::Path;
 /// Versions that shape a built image; part of every cache key.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 pub const WASMTIME_VERSION: &str = "46.0.3";
+/// The CPython version componentize-py embeds: dependencies are resolved for it.
+pub const GUEST_PYTHON_VERSION: &str = "3.14";
 
 /// The module componentize-py imports at build time: it implements the WIT exports.
 pub(crate) const APP_MODULE: &str = "pycage_guest";
@@ -53,7 +55,11 @@ pub(crate) const STDLIB_EXPORTER_MODULE: &str = "pycage_stdlib_export";
 
 /// Write the framework plus its per-build configuration into `dir`
 /// (mounted at /0 during pre-initialisation).
-pub(crate) fn write_framework(dir: &Path, entry_module: &str) -> std::io::Result<()> {
+pub(crate) fn write_framework(
+    dir: &Path,
+    entry_module: &str,
+    layer_mounts: &[String],
+) -> std::io::Result<()> {
     for (relative, source) in FRAMEWORK_FILES {
         let path = dir.join(relative);
         if let Some(parent) = path.parent() {
@@ -66,7 +72,10 @@ pub(crate) fn write_framework(dir: &Path, entry_module: &str) -> std::io::Result
     fs::write(
         dir.join("pycage_build_config.py"),
         format!(
-            "ENTRY_MODULE = {entry_module:?}\nAPP_GUEST_DIR = {GUEST_IMPORT_DIR:?}\nREPORT_PATH = \"/0/{BUILD_REPORT}\"\n"
+            "ENTRY_MODULE = {entry_module:?}\nAPP_GUEST_DIR = {GUEST_IMPORT_DIR:?}\n\
+             REPORT_PATH = \"/0/{BUILD_REPORT}\"\nVENDOR_DIR = \"{GUEST_IMPORT_DIR}/{vendor}\"\n\
+             LAYER_DIRS = {layer_mounts:?}\n",
+            vendor = crate::deps::VENDOR_DIR,
         ),
     )
 }

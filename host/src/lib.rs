@@ -29,6 +29,8 @@ pub mod builder;
 #[cfg(feature = "runtime")]
 pub mod cache;
 pub mod config;
+#[cfg(feature = "runtime")]
+pub mod deps;
 pub mod error;
 #[cfg(feature = "runtime")]
 pub mod guest;

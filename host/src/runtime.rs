@@ -85,6 +85,9 @@ pub struct LoadOptions {
     /// Most requests of this handler running at once (default: no limit
     /// beyond the runtime's instance slots). Excess requests queue.
     pub max_concurrency: Option<u32>,
+    /// A virtualenv (or site-packages directory) whose packages, and the
+    /// directories its `.pth` files add, are copied in and importable.
+    pub venv: Option<PathBuf>,
 }
 
 /// Shape of the pre-initialised CPython component, for sizing the pool:
@@ -176,6 +179,7 @@ impl Runtime {
             &self.engine,
             cache,
             &source,
+            options.venv.as_deref(),
             self.config.build_timeout,
             on_event,
         )?;
@@ -191,6 +195,7 @@ impl Runtime {
             inner: Arc::new(HandlerInner {
                 pre,
                 app_dir: Built::app_dir(&built.dir),
+                layers: built.layer_mounts(),
                 stdlib_dir: cache.stdlib_dir().join("python"),
                 source: source.path,
                 entry_module: built.meta.entry_module,
@@ -218,6 +223,8 @@ pub struct Handler {
 struct HandlerInner {
     pre: SandboxPre<SandboxState>,
     app_dir: PathBuf,
+    /// Dependency layers: host directory and guest mount.
+    layers: Vec<(PathBuf, String)>,
     stdlib_dir: PathBuf,
     source: PathBuf,
     entry_module: String,
@@ -265,6 +272,7 @@ impl Handler {
     fn mounts(&self) -> Mounts<'_> {
         Mounts {
             app: &self.inner.app_dir,
+            layers: &self.inner.layers,
             stdlib: &self.inner.stdlib_dir,
         }
     }

@@ -1,7 +1,7 @@
 //! One request in one brand-new instance: the capabilities it gets, the
 //! limits it runs under, and how its outcome is classified.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
@@ -102,6 +102,7 @@ impl Exchange {
 /// The read-only directories a request is granted.
 pub(crate) struct Mounts<'a> {
     pub app: &'a Path,
+    pub layers: &'a [(PathBuf, String)],
     pub stdlib: &'a Path,
 }
 
@@ -137,6 +138,9 @@ fn wasi_ctx(
             DirPerms::READ,
             FilePerms::READ,
         )?;
+    for (dir, mount) in mounts.layers {
+        builder.preopened_dir(dir, mount, DirPerms::READ, FilePerms::READ)?;
+    }
     Ok(builder.build())
 }
 

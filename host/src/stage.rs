@@ -129,14 +129,11 @@ impl HandlerSource {
         })
     }
 
-    /// Read the handler's files: the one file, or the directory tree.
-    ///
-    /// Symlinks are never followed (a link could point anywhere on the host)
-    /// and are reported in `skipped`; so are sockets, fifos and devices.
+    /// Read the handler's files: the one file, or the directory tree
+    /// (see [`snapshot_tree`]).
     pub fn snapshot(&self) -> Result<Snapshot, LoadError> {
-        let mut snapshot = Snapshot::default();
-        let mut total = 0u64;
         if self.is_file {
+            let mut snapshot = Snapshot::default();
             let contents = read(&self.path)?;
             let name = self
                 .path
@@ -150,64 +147,134 @@ impl HandlerSource {
             });
             return Ok(snapshot);
         }
-        let mut pending = vec![(self.path.clone(), String::new())];
-        while let Some((dir, prefix)) = pending.pop() {
-            let mut entries = fs::read_dir(&dir)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|source| LoadError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
-            entries.sort_by_key(|e| e.file_name());
-            for entry in entries {
-                let path = entry.path();
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    snapshot.skipped.push((path, "file name is not UTF-8"));
-                    continue;
-                };
-                let relative = format!("{prefix}{name}");
-                // file_type() does not follow symlinks.
-                let kind = entry.file_type().map_err(|source| LoadError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                if kind.is_symlink() {
-                    snapshot
-                        .skipped
-                        .push((path, "symbolic link (not followed)"));
-                } else if kind.is_dir() {
-                    if !SKIPPED_DIRS.contains(&name.as_str()) {
-                        pending.push((path, format!("{relative}/")));
-                    }
-                } else if kind.is_file() && is_hard_linked(&entry) {
-                    // Another name for this file may live anywhere on the
-                    // filesystem: it is not the directory's to grant.
-                    snapshot
-                        .skipped
-                        .push((path, "hard link (the file has other names)"));
-                } else if kind.is_file() {
-                    let contents = read(&path)?;
-                    total += contents.len() as u64;
-                    if snapshot.files.len() >= MAX_FILES || total > MAX_TOTAL_BYTES {
-                        return Err(LoadError::TooLarge {
-                            path: self.path.clone(),
-                            limit: format!("{MAX_FILES} files or {} MiB", MAX_TOTAL_BYTES >> 20),
-                        });
-                    }
-                    snapshot.files.push(StagedFile { relative, contents });
-                } else {
-                    snapshot.skipped.push((path, "not a regular file"));
-                }
-            }
-        }
-        snapshot.files.sort_by(|a, b| a.relative.cmp(&b.relative));
-        Ok(snapshot)
+        snapshot_tree(&self.path, &Tree::HANDLER)
     }
 
     /// Where a guest path under the handler mount lives on the user's disk.
     pub fn host_path_of(&self, relative: &str) -> PathBuf {
         self.display_root.join(relative)
     }
+}
+
+/// How a directory tree is read into a [`Snapshot`].
+#[derive(Debug, Clone, Copy)]
+pub struct Tree {
+    /// Directory names never descended into.
+    pub skip_dirs: &'static [&'static str],
+    /// Top-level entries left out: e.g. installers in a virtualenv, which
+    /// are of no use inside the sandbox. A name also matches its
+    /// distribution's metadata directory (`name-*.dist-info`).
+    pub skip_top: &'static [&'static str],
+    /// Whether files with other names (hard links) are taken. A tenant's
+    /// directory may not grant a file it does not own; an environment the
+    /// operator names (`--venv`) may, since installers such as uv hard-link
+    /// from their cache.
+    pub hard_links: bool,
+}
+
+impl Tree {
+    /// A tenant's handler directory.
+    pub const HANDLER: Tree = Tree {
+        skip_dirs: SKIPPED_DIRS,
+        skip_top: &[],
+        hard_links: false,
+    };
+    /// What an installer wrote with `--target`.
+    pub const INSTALLED: Tree = Tree {
+        skip_dirs: SKIPPED_DIRS,
+        // Console scripts: not importable.
+        skip_top: &["bin"],
+        hard_links: true,
+    };
+    /// A virtualenv's site-packages, or a directory its `.pth` files add.
+    /// Packaging tools are left out: they cannot run in the sandbox.
+    pub const VENV: Tree = Tree {
+        skip_dirs: SKIPPED_DIRS,
+        skip_top: &[
+            "pip",
+            "setuptools",
+            "pkg_resources",
+            "_distutils_hack",
+            "distutils-precedence.pth",
+            "_virtualenv.py",
+            "_virtualenv.pth",
+        ],
+        hard_links: true,
+    };
+
+    fn skipped_at_top(&self, name: &str) -> bool {
+        self.skip_top.iter().any(|skip| {
+            let dist_info = name
+                .strip_prefix(skip)
+                .is_some_and(|rest| rest.starts_with('-') && rest.ends_with(".dist-info"));
+            name == *skip || dist_info
+        })
+    }
+}
+
+/// Read every regular file below `root`, bounded by [`MAX_FILES`] and
+/// [`MAX_TOTAL_BYTES`]. Symlinks are never followed (a link could point
+/// anywhere on the host); they and special files are reported in `skipped`.
+pub fn snapshot_tree(root: &Path, tree: &Tree) -> Result<Snapshot, LoadError> {
+    let mut snapshot = Snapshot::default();
+    let mut total = 0u64;
+    let mut pending = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = pending.pop() {
+        let mut entries = fs::read_dir(&dir)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| LoadError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                snapshot.skipped.push((path, "file name is not UTF-8"));
+                continue;
+            };
+            // Left out silently: expected in every virtualenv, so a warning
+            // on each load would only be noise.
+            if prefix.is_empty() && tree.skipped_at_top(&name) {
+                continue;
+            }
+            let relative = format!("{prefix}{name}");
+            // file_type() does not follow symlinks.
+            let kind = entry.file_type().map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if kind.is_symlink() {
+                snapshot
+                    .skipped
+                    .push((path, "symbolic link (not followed)"));
+            } else if kind.is_dir() {
+                if !tree.skip_dirs.contains(&name.as_str()) {
+                    pending.push((path, format!("{relative}/")));
+                }
+            } else if kind.is_file() && !tree.hard_links && is_hard_linked(&entry) {
+                // Another name for this file may live anywhere on the
+                // filesystem: it is not the directory's to grant.
+                snapshot
+                    .skipped
+                    .push((path, "hard link (the file has other names)"));
+            } else if kind.is_file() {
+                let contents = read(&path)?;
+                total += contents.len() as u64;
+                if snapshot.files.len() >= MAX_FILES || total > MAX_TOTAL_BYTES {
+                    return Err(LoadError::TooLarge {
+                        path: root.to_path_buf(),
+                        limit: format!("{MAX_FILES} files or {} MiB", MAX_TOTAL_BYTES >> 20),
+                    });
+                }
+                snapshot.files.push(StagedFile { relative, contents });
+            } else {
+                snapshot.skipped.push((path, "not a regular file"));
+            }
+        }
+    }
+    snapshot.files.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(snapshot)
 }
 
 impl Snapshot {

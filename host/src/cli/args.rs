@@ -59,6 +59,12 @@ pub struct HandlerArgs {
     /// Entry module of a directory handler [default: the first of app, handler, main]
     #[arg(long, value_name = "NAME")]
     pub module: Option<String>,
+
+    /// Also make this virtualenv's packages importable (copied in, read-only; `.pth` files are
+    /// honoured, so editable installs work). A directory handler's own vendor/ and pyproject.toml
+    /// dependencies need no flag
+    #[arg(long, env = "VIRTUAL_ENV", value_name = "DIR")]
+    pub venv: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +121,10 @@ pub struct ServeArgs {
     /// Entry module of a directory handler [default: the first of app, handler, main]
     #[arg(long, value_name = "NAME", requires = "handler")]
     pub module: Option<String>,
+
+    /// Virtualenv whose packages the handler may import (with --config: `venv` per tenant)
+    #[arg(long, value_name = "DIR", requires = "handler")]
+    pub venv: Option<PathBuf>,
 
     /// Multi-tenant configuration (pycage.toml); limits then come from the file
     #[arg(long, short = 'c', value_name = "FILE")]

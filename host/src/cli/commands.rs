@@ -67,6 +67,7 @@ fn load(
         module: args.module.clone(),
         limits,
         max_concurrency: None,
+        venv: args.venv.clone(),
     };
     Ok(runtime.load(&args.handler, &options, &|event| reporter.event(event))?)
 }
@@ -230,6 +231,7 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Failure> {
                 path_prefix: None,
                 limits: limits(&args.limits),
                 max_concurrency: args.max_concurrency,
+                venv: args.venv.clone(),
             }],
         },
         (None, None) => return Err(Failure::Usage("give a HANDLER or --config FILE".into())),

@@ -36,6 +36,17 @@ impl Reporter {
                     "pycage: preparing the Python standard library (once per pycage version)..."
                 );
             }
+            LoadEvent::InstallingDependencies {
+                pyproject,
+                installer,
+                requirements,
+            } if self.progress => {
+                eprintln!(
+                    "pycage: installing {} from {} with {installer} (pure-Python wheels only)...",
+                    requirements.join(", "),
+                    pyproject.display()
+                );
+            }
             LoadEvent::Building { source } if self.progress => {
                 eprintln!(
                     "pycage: building the sandbox image for {} ...",

@@ -84,6 +84,7 @@ pub fn load_tenants(
                 module: tenant.module.clone(),
                 limits: tenant.limits.clone(),
                 max_concurrency: tenant.max_concurrency,
+                venv: tenant.venv.clone(),
             };
             let handler = runtime
                 .load(&tenant.handler, &options, on_event)

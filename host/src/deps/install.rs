@@ -1,0 +1,275 @@
+//! Installing a handler's declared dependencies into a cached layer with pip
+//! (or uv), as pure-Python wheels only.
+//!
+//! Only wheels are accepted (`--only-binary=:all:`): building a source
+//! distribution would run the package's own build code on the host, outside
+//! any sandbox. pip is also told the guest's platform (any), implementation
+//! (pure Python) and version, so that it picks pure wheels where a package
+//! offers both kinds. Requirements are limited to index names and versions
+//! (see `pyproject::dependencies`), so a tenant cannot point the installer
+//! at a URL or a host path.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::native;
+use crate::error::LoadError;
+use crate::guest::GUEST_PYTHON_VERSION;
+use crate::stage::{self, Tree};
+
+/// The program that installs packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installer {
+    /// `python3 -m pip`
+    Pip,
+    /// `uv pip`
+    Uv,
+}
+
+impl Installer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Installer::Pip => "pip",
+            Installer::Uv => "uv",
+        }
+    }
+
+    /// pip if `python3 -m pip` works, else uv if `uv` is on PATH.
+    pub fn detect() -> Option<Installer> {
+        let works = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if works("python3", &["-m", "pip", "--version"]) {
+            Some(Installer::Pip)
+        } else if works("uv", &["--version"]) {
+            Some(Installer::Uv)
+        } else {
+            None
+        }
+    }
+
+    /// The install command for `requirements` into `target`. `pure` targets
+    /// the guest: pure-Python wheels for its Python version. Without it the
+    /// host's own platform and version are used, only to find out which
+    /// native module a package that failed needs.
+    fn command(self, target: &Path, requirements: &[String], pure: bool) -> Command {
+        let mut command = match self {
+            Installer::Pip => {
+                let mut c = Command::new("python3");
+                c.args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--disable-pip-version-check",
+                    "--no-input",
+                ]);
+                c.args(["--no-warn-conflicts", "--no-warn-script-location"]);
+                c.arg("--root-user-action=ignore");
+                c.args(["--no-compile", "--only-binary=:all:"]);
+                if pure {
+                    c.args([
+                        "--platform",
+                        "any",
+                        "--implementation",
+                        "py",
+                        "--abi",
+                        "none",
+                    ]);
+                } else {
+                    c.arg("--no-deps");
+                }
+                c
+            }
+            Installer::Uv => {
+                let mut c = Command::new("uv");
+                c.args(["pip", "install", "--only-binary", ":all:"]);
+                if !pure {
+                    c.arg("--no-deps");
+                }
+                c
+            }
+        };
+        if pure {
+            command.args(["--python-version", GUEST_PYTHON_VERSION]);
+        }
+        command
+            .arg("--target")
+            .arg(target)
+            .arg("--")
+            .args(requirements)
+            // Nothing relative resolves against the user's directory.
+            .current_dir(target)
+            // Our own interpreter settings must not leak into the installer.
+            .env_remove("PYTHONPATH")
+            .env("PYTHONNOUSERSITE", "1")
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+/// What a failed install printed, for the error message.
+struct Failure {
+    output: String,
+}
+
+/// Install `requirements` into `target` (an empty directory).
+pub(super) fn install(
+    installer: Installer,
+    pyproject: &Path,
+    requirements: &[String],
+    target: &Path,
+    timeout: Duration,
+) -> Result<(), LoadError> {
+    match run(
+        installer.command(target, requirements, true),
+        target,
+        timeout,
+    ) {
+        Ok(()) => Ok(()),
+        Err(failure) => {
+            // The usual reason: a package (or a dependency of one) has only
+            // native wheels. Name its extension modules if so.
+            if let Some(requirement) = unsatisfied(&failure.output)
+                && let Some(modules) = native_modules_of(installer, &requirement, timeout)
+            {
+                return Err(LoadError::NativeOnly {
+                    path: pyproject.to_path_buf(),
+                    requirement,
+                    modules: modules.join(", "),
+                });
+            }
+            Err(LoadError::DependencyInstall {
+                path: pyproject.to_path_buf(),
+                installer: installer.name(),
+                detail: tail(&failure.output, 40),
+            })
+        }
+    }
+}
+
+/// Run `command` with its output in a file beside `target`, killing it
+/// after `timeout`.
+fn run(mut command: Command, target: &Path, timeout: Duration) -> Result<(), Failure> {
+    let log_path = target.with_extension("log");
+    let log = fs::File::create(&log_path).map_err(|e| Failure {
+        output: format!("{}: {e}", log_path.display()),
+    })?;
+    let log_err = log.try_clone().map_err(|e| Failure {
+        output: e.to_string(),
+    })?;
+    let mut child = command
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| Failure {
+            output: format!("could not start {:?}: {e}", command.get_program()),
+        })?;
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break None,
+        }
+    };
+    let output = fs::read_to_string(&log_path).unwrap_or_default();
+    let _ = fs::remove_file(&log_path);
+    match status {
+        Some(status) if status.success() => Ok(()),
+        Some(_) => Err(Failure { output }),
+        None => Err(Failure {
+            output: format!("{output}\n(stopped after {timeout:?})"),
+        }),
+    }
+}
+
+/// The requirement pip (or uv) could not satisfy, from its error output.
+fn unsatisfied(output: &str) -> Option<String> {
+    for line in output.lines() {
+        if let Some(rest) = line.split("No matching distribution found for ").nth(1) {
+            return Some(rest.trim().to_owned());
+        }
+        // uv: "Because <name>==<v> has no wheels with a matching platform tag ..."
+        if let Some(rest) = line.split("Because ").nth(1)
+            && rest.contains("has no wheels with")
+        {
+            return rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// Install `requirement` alone for the host's platform, into a throwaway
+/// directory, and list the native extension modules its wheel carries.
+fn native_modules_of(
+    installer: Installer,
+    requirement: &str,
+    timeout: Duration,
+) -> Option<Vec<String>> {
+    let probe = tempfile::tempdir().ok()?;
+    let target = probe.path().join("site");
+    fs::create_dir(&target).ok()?;
+    run(
+        installer.command(&target, &[requirement.to_owned()], false),
+        &target,
+        timeout,
+    )
+    .ok()?;
+    let snapshot = stage::snapshot_tree(&target, &Tree::INSTALLED).ok()?;
+    let modules: Vec<String> = native::find(&snapshot, &[""])
+        .into_iter()
+        .map(|m| m.module)
+        .collect();
+    (!modules.is_empty()).then_some(modules)
+}
+
+/// The last `lines` lines of `text`.
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The installed distributions in `site` as "name==version", for the record.
+pub(super) fn installed(site: &Path) -> Vec<String> {
+    let mut found: Vec<String> = fs::read_dir(site)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".dist-info")?;
+            let (dist, version) = stem.split_once('-')?;
+            Some(format!("{dist}=={version}"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_unsatisfied_requirement() {
+        let pip = "ERROR: Could not find a version that satisfies the requirement \
+                   pydantic-core==2.46.4 (from pydantic) (from versions: 0.0.1)\n\
+                   ERROR: No matching distribution found for pydantic-core==2.46.4\n";
+        assert_eq!(unsatisfied(pip).as_deref(), Some("pydantic-core==2.46.4"));
+        assert_eq!(unsatisfied("ERROR: something else"), None);
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+    }
+}

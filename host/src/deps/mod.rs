@@ -1,0 +1,212 @@
+//! A handler's dependencies: the trees put on the guest's `sys.path` besides
+//! the handler's own files.
+//!
+//! - `vendor/` inside a handler directory is part of the handler's own tree
+//!   (mounted with it); the guest puts it on `sys.path` right after the
+//!   handler and processes its `.pth` files.
+//! - `[project] dependencies` in the handler's `pyproject.toml` are installed
+//!   as pure-Python wheels into a layer in the cache, keyed by the exact
+//!   requirement list, so handlers with identical lists share one install.
+//! - `--venv` adds a virtualenv's site-packages and the directories its
+//!   `.pth` files name (editable installs).
+//!
+//! Each layer is copied into the handler's image and mounted read-only at
+//! `/2`, `/3`, ... in this order, after the standard library, the framework
+//! (`/0`) and the handler (`/1`): as in ordinary Python, a package can never
+//! shadow the standard library, and the handler's own modules come first.
+//! Every tree is checked for native extension modules, which cannot run in
+//! a WebAssembly CPython, so that they fail the build, not a request.
+
+pub mod install;
+pub mod native;
+pub mod pyproject;
+pub mod venv;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::builder::LoadEvent;
+use crate::cache::Cache;
+use crate::error::LoadError;
+use crate::stage::{self, HandlerSource, Snapshot, Tree};
+use install::Installer;
+
+/// The handler subdirectory whose packages are importable.
+pub const VENDOR_DIR: &str = "vendor";
+/// The file that declares dependencies, at the top of a handler directory.
+pub const PYPROJECT: &str = "pyproject.toml";
+/// Guest mount of the first layer; later ones follow (`/3`, `/4`, ...).
+pub(crate) const FIRST_LAYER_MOUNT: usize = 2;
+
+/// One tree on the guest's `sys.path` besides the handler.
+#[derive(Debug)]
+pub struct Layer {
+    /// Where it came from: the pyproject.toml, site-packages or `.pth` directory.
+    pub origin: PathBuf,
+    pub contents: LayerContents,
+}
+
+#[derive(Debug)]
+pub enum LayerContents {
+    /// Files read from the user's disk (they may change between loads, so
+    /// their contents are part of the handler's cache key).
+    Files(Snapshot),
+    /// An installed layer in the cache; immutable once published, so its
+    /// key stands for its contents.
+    Installed { key: String, dir: PathBuf },
+}
+
+impl Layer {
+    /// The guest directory layer number `index` is mounted at.
+    pub fn mount(index: usize) -> String {
+        format!("/{}", index + FIRST_LAYER_MOUNT)
+    }
+
+    /// Copy the layer's files into `dir` (a fresh directory).
+    pub(crate) fn write_to(&self, dir: &Path) -> Result<(), LoadError> {
+        let io = |source| LoadError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        match &self.contents {
+            LayerContents::Files(snapshot) => snapshot.write_to(dir).map_err(io),
+            LayerContents::Installed { dir: installed, .. } => {
+                let snapshot = stage::snapshot_tree(&installed.join(SITE), &Tree::INSTALLED)?;
+                snapshot.write_to(dir).map_err(io)
+            }
+        }
+    }
+}
+
+/// Where an installed layer keeps its packages, inside its cache entry.
+const SITE: &str = "site-packages";
+/// The record of what an installed layer holds.
+const LAYER_RECORD: &str = "layer.json";
+
+#[derive(Serialize)]
+struct LayerRecord<'a> {
+    installer: &'a str,
+    python_version: &'a str,
+    requirements: &'a [String],
+    installed: Vec<String>,
+}
+
+/// The layers of `source`, installing declared dependencies on a cache miss,
+/// after checking the handler's own tree (`snapshot`) for native modules.
+pub(crate) fn layers(
+    source: &HandlerSource,
+    snapshot: &Snapshot,
+    venv: Option<&Path>,
+    cache: &Cache,
+    timeout: Duration,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<Vec<Layer>, LoadError> {
+    let vendor_root = format!("{VENDOR_DIR}/");
+    check_native(snapshot, &["", &vendor_root], &source.display_root)?;
+    let mut layers = Vec::new();
+    if !source.is_file
+        && let Some(file) = snapshot.files.iter().find(|f| f.relative == PYPROJECT)
+    {
+        let path = source.path.join(PYPROJECT);
+        let requirements =
+            pyproject::dependencies(&path, &String::from_utf8_lossy(&file.contents))?;
+        if !requirements.is_empty() {
+            layers.push(installed_layer(
+                cache,
+                &path,
+                &requirements,
+                timeout,
+                on_event,
+            )?);
+        }
+    }
+    if let Some(venv) = venv {
+        let site = venv::site_packages(venv)?;
+        let mut trees = vec![site.clone()];
+        trees.extend(venv::pth_dirs(&site)?);
+        for tree in trees {
+            let snapshot = stage::snapshot_tree(&tree, &Tree::VENV)?;
+            for (path, reason) in &snapshot.skipped {
+                on_event(LoadEvent::Skipped { path, reason });
+            }
+            check_native(&snapshot, &[""], &tree)?;
+            layers.push(Layer {
+                origin: tree,
+                contents: LayerContents::Files(snapshot),
+            });
+        }
+    }
+    Ok(layers)
+}
+
+/// Refuse a tree holding an extension module built for the host.
+fn check_native(snapshot: &Snapshot, roots: &[&str], origin: &Path) -> Result<(), LoadError> {
+    match native::find(snapshot, roots).into_iter().next() {
+        None => Ok(()),
+        Some(found) => Err(LoadError::NativeExtension {
+            path: origin.join(&found.relative),
+            package: found.package,
+            module: found.module,
+        }),
+    }
+}
+
+/// The cached layer for `requirements`, installed now if missing.
+fn installed_layer(
+    cache: &Cache,
+    pyproject: &Path,
+    requirements: &[String],
+    timeout: Duration,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<Layer, LoadError> {
+    let key = crate::cache::layer_key(requirements);
+    let dir = cache.layer_dir(&key);
+    let layer = |dir| Layer {
+        origin: pyproject.to_path_buf(),
+        contents: LayerContents::Installed {
+            key: key.clone(),
+            dir,
+        },
+    };
+    if dir.join(LAYER_RECORD).is_file() {
+        return Ok(layer(dir));
+    }
+    let installer = Installer::detect().ok_or_else(|| LoadError::NoInstaller {
+        path: pyproject.to_path_buf(),
+    })?;
+    on_event(LoadEvent::InstallingDependencies {
+        pyproject,
+        installer: installer.name(),
+        requirements,
+    });
+    let scratch = cache.scratch_for(&dir)?;
+    let site = scratch.path().join(SITE);
+    fs::create_dir(&site).map_err(|e| cache.error(&site, e))?;
+    install::install(installer, pyproject, requirements, &site, timeout)?;
+    // A wheel tagged pure can still carry a native module.
+    let snapshot = stage::snapshot_tree(&site, &Tree::INSTALLED)?;
+    if let Some(found) = native::find(&snapshot, &[""]).into_iter().next() {
+        return Err(LoadError::NativeExtension {
+            path: pyproject.to_path_buf(),
+            package: found.package,
+            module: found.module,
+        });
+    }
+    let record = LayerRecord {
+        installer: installer.name(),
+        python_version: crate::guest::GUEST_PYTHON_VERSION,
+        requirements,
+        installed: install::installed(&site),
+    };
+    let record_path = scratch.path().join(LAYER_RECORD);
+    fs::write(
+        &record_path,
+        serde_json::to_vec_pretty(&record).expect("record serialises"),
+    )
+    .map_err(|e| cache.error(&record_path, e))?;
+    cache.publish(scratch, &dir)?;
+    Ok(layer(dir))
+}
