@@ -120,12 +120,12 @@ pub(crate) fn ensure_built(
         source: &source.path,
     });
     let scratch = cache.scratch_for(&dir)?;
+    let layer_dirs = write_inputs(scratch.path(), &snapshot, &layers)?;
     let meta = build_into(
         engine,
         cache,
         source,
-        &snapshot,
-        &layers,
+        &layer_dirs,
         scratch.path(),
         build_timeout,
         on_event,
@@ -188,12 +188,34 @@ fn check_wit(engine: &Engine, component: &Component, path: PathBuf) -> Result<()
     })
 }
 
+/// Write the handler's files and copies of its layers into the image being
+/// built; returns the layers' directories in mount order.
+fn write_inputs(
+    scratch: &Path,
+    snapshot: &Snapshot,
+    layers: &[Layer],
+) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoadError::Io { path, source }
+    };
+    let app = Built::app_dir(scratch);
+    snapshot.write_to(&app).map_err(io(&app))?;
+    let mut layer_dirs = Vec::new();
+    for (index, layer) in layers.iter().enumerate() {
+        let dir = layer_dir(scratch, &Layer::mount(index));
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        layer.write_to(&dir)?;
+        layer_dirs.push(dir);
+    }
+    Ok(layer_dirs)
+}
+
 fn build_into(
     engine: &Engine,
     cache: &Cache,
     source: &HandlerSource,
-    snapshot: &Snapshot,
-    layers: &[Layer],
+    layer_dirs: &[PathBuf],
     scratch: &Path,
     build_timeout: Duration,
     on_event: &dyn Fn(LoadEvent<'_>),
@@ -206,15 +228,7 @@ fn build_into(
     let framework = scratch.join("framework");
     let wit_dir = scratch.join("wit");
     let wasm = scratch.join("component.wasm");
-    snapshot.write_to(&app).map_err(io(&app))?;
-    let mounts: Vec<String> = (0..layers.len()).map(Layer::mount).collect();
-    let mut layer_dirs = Vec::new();
-    for (layer, mount) in layers.iter().zip(&mounts) {
-        let dir = layer_dir(scratch, mount);
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
-        layer.write_to(&dir)?;
-        layer_dirs.push(dir);
-    }
+    let mounts: Vec<String> = (0..layer_dirs.len()).map(Layer::mount).collect();
     guest::write_framework(&framework, &source.entry_module, &mounts).map_err(io(&framework))?;
     fs::create_dir_all(&wit_dir).map_err(io(&wit_dir))?;
     fs::write(wit_dir.join("handler.wit"), wit::WIT_SOURCE).map_err(io(&wit_dir))?;
@@ -277,7 +291,7 @@ fn build_into(
         pycage_version: env!("CARGO_PKG_VERSION").into(),
         wit_version: wit::WIT_VERSION.into(),
         entry_module: source.entry_module.clone(),
-        layers: layers.len(),
+        layers: layer_dirs.len(),
     };
     let meta_json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
     fs::write(scratch.join(META), meta_json).map_err(io(scratch))?;

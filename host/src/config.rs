@@ -456,6 +456,17 @@ mod tests {
             "[server]\nlisten = \"localhost\"\n[[tenant]]\nname = \"a\"\nhandler = \"hello\"\n",
         );
         assert!(e.contains("key `server.listen`"), "{e}");
+        let e = error("[[tenant]]\nname = \"a\"\nhandler = \"hello\"\nvenv = \"no-such-venv\"\n");
+        assert!(e.contains("tenant `a`: key `venv`"), "{e}");
+        let ok = parse("[[tenant]]\nname = \"a\"\nhandler = \"hello\"\nvenv = \"deps/vendor\"\n")
+            .unwrap();
+        assert!(
+            ok.tenants[0]
+                .venv
+                .as_ref()
+                .unwrap()
+                .ends_with("deps/vendor")
+        );
         let e = error("[server]\nmax_instance = 3\n");
         assert!(e.contains("unknown field `max_instance`"), "{e}");
         let e = error("");

@@ -10,6 +10,8 @@ fn pycage(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pycage"))
         .args(args)
         .env("PYCAGE_CACHE_DIR", cache_dir())
+        // An activated virtualenv of the developer's would be granted too.
+        .env_remove("VIRTUAL_ENV")
         .output()
         .expect("running pycage")
 }
@@ -177,4 +179,73 @@ fn build_fills_the_cache() {
         "{}",
         stdout(&again)
     );
+}
+
+#[test]
+fn virtual_env_grants_its_packages_like_venv() {
+    let venv = tempfile::tempdir().unwrap();
+    let site = venv.path().join("lib/python3.11/site-packages");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hostmod.py"), "ANSWER = 42\n").unwrap();
+    let handler = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handler.path().join("app.py"),
+        "import hostmod\nfrom pycage import route\n@route('/')\ndef i():\n    return {'answer': hostmod.ANSWER}\n",
+    )
+    .unwrap();
+    let run = |venv: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pycage"));
+        command
+            .args(["run", handler.path().to_str().unwrap()])
+            .env("PYCAGE_CACHE_DIR", cache_dir())
+            .env_remove("VIRTUAL_ENV");
+        if let Some(venv) = venv {
+            command.env("VIRTUAL_ENV", venv);
+        }
+        command.output().unwrap()
+    };
+    let with = run(Some(venv.path()));
+    assert_eq!(with.status.code(), Some(0), "{}", stderr(&with));
+    assert_eq!(stdout(&with), r#"{"answer": 42}"#);
+    let without = run(None);
+    assert_eq!(without.status.code(), Some(2));
+    assert!(
+        stderr(&without).contains("No module named 'hostmod'"),
+        "{}",
+        stderr(&without)
+    );
+}
+
+#[test]
+fn declared_dependencies_without_pip_or_uv_name_what_to_install() {
+    let handler = tempfile::tempdir().unwrap();
+    std::fs::write(
+        handler.path().join("app.py"),
+        "from pycage import route\n@route('/')\ndef i():\n    return 'x'\n",
+    )
+    .unwrap();
+    std::fs::write(
+        handler.path().join("pyproject.toml"),
+        "[project]\nname = 'x'\nversion = '0'\ndependencies = ['idna==3.10']\n",
+    )
+    .unwrap();
+    let empty_path = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .args(["build", handler.path().to_str().unwrap()])
+        .env("PYCAGE_CACHE_DIR", cache.path())
+        .env("PATH", empty_path.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pyproject.toml: declares dependencies"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pip") && err.contains("uv") && err.contains("install"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty());
 }

@@ -59,7 +59,10 @@ pub fn dependencies(path: &Path, text: &str) -> Result<Vec<String>, LoadError> {
 /// `name[extras] <specifiers> ; <marker>` with a PEP 508 name.
 fn is_index_requirement(requirement: &str) -> bool {
     let head = requirement.split(';').next().unwrap_or_default();
-    let starts_with_name = head.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let starts_with_name = head
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     // pip reads a requirement ending like an archive as a file name.
     let archive = [".whl", ".zip", ".tar.gz", ".tgz", ".tar"]
         .iter()
@@ -99,7 +102,10 @@ mod tests {
         ] {
             let text = format!("[project]\ndependencies = [{bad:?}]\n");
             let error = parse(&text).map(|_| ()).unwrap_err();
-            assert!(error.to_string().contains("not a requirement"), "{bad}: {error}");
+            assert!(
+                error.to_string().contains("not a requirement"),
+                "{bad}: {error}"
+            );
         }
         assert!(parse("[project]\ndependencies = ['six>=1.5; python_version >= \"3\"']\n").is_ok());
         assert!(parse("[project]\ndependencies = ['']\n").is_err());

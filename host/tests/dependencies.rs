@@ -1,0 +1,337 @@
+//! Handler dependencies with real packages from PyPI: a pyproject.toml layer,
+//! vendor/, a virtualenv with an editable (.pth) install, and native-only
+//! packages refused at build time. Needs `python3 -m pip` and PyPI.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{fixture, get, json, ok, runtime};
+use pycage::{Cache, LoadError, LoadOptions, Runtime};
+
+fn python(args: &[&str], cwd: &Path) {
+    let out = Command::new("python3")
+        .args(args)
+        .current_dir(cwd)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+        .output()
+        .expect("python3 is on PATH");
+    assert!(
+        out.status.success(),
+        "python3 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A copy of a fixture directory to modify.
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let from = fixture(name);
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        for entry in fs::read_dir(from.join(&relative)).unwrap() {
+            let entry = entry.unwrap();
+            let rel = relative.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                fs::create_dir_all(dir.path().join(&rel)).unwrap();
+                pending.push(rel);
+            } else {
+                fs::copy(entry.path(), dir.path().join(&rel)).unwrap();
+            }
+        }
+    }
+    dir
+}
+
+fn load(path: &Path, options: &LoadOptions) -> Result<pycage::Handler, LoadError> {
+    runtime().load(path, options, &|_| {})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyproject_and_vendor_packages_import_at_build_time_and_lazily() {
+    let handler = common::handler("deps");
+
+    let where_ = json(ok(&get(&handler, "/where").await));
+    assert_eq!(where_["versions"]["attrs"], "25.3.0");
+    assert_eq!(
+        where_["versions"]["six"], "1.17.0",
+        "python-dateutil brought six"
+    );
+    // The layer is mounted after the handler; vendor/ is part of the handler.
+    assert_eq!(where_["files"]["attr"], "/2/attr/__init__.py");
+    assert_eq!(where_["files"]["six"], "/2/six.py");
+    assert_eq!(
+        where_["files"]["slugify_lite"],
+        "/1/vendor/slugify_lite/__init__.py"
+    );
+    assert_eq!(where_["python"], pycage::guest::GUEST_PYTHON_VERSION);
+    assert_eq!(where_["fresh"], true);
+    assert_eq!(where_["bytecode"], true);
+
+    // attrs (module level) + dateutil (lazy) + the vendored package.
+    let event = json(ok(&get(
+        &handler,
+        "/event?title=Hello%20World&when=2024-02-29T12:00:00Z",
+    )
+    .await));
+    assert_eq!(event["slug"], "hello-world");
+    assert_eq!(event["when"], "2024-02-29T12:00:00+00:00");
+    assert_eq!(event["weekday"], "Thursday");
+
+    let domain = json(ok(&get(&handler, "/domain/b%C3%BCcher.example").await));
+    assert_eq!(domain["ascii"], "xn--bcher-kva.example");
+
+    // Neither the shared layer nor vendor/ can be changed by the guest...
+    let tamper = json(ok(&get(&handler, "/tamper").await));
+    assert_eq!(tamper["layer"], "PermissionError");
+    assert_eq!(tamper["vendor"], "PermissionError");
+    // ...and the next request is served as before.
+    assert_eq!(
+        json(ok(&get(&handler, "/where").await))["versions"]["attrs"],
+        "25.3.0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_dependencies_hit_the_cache_and_a_changed_one_rebuilds() {
+    // Its own cache, so that the first load here is a real miss.
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(Cache::new(cache.path())).unwrap();
+    let dir = copy_fixture("deps");
+    let options = LoadOptions::default();
+
+    let first = runtime.load(dir.path(), &options, &|_| {}).unwrap();
+    assert!(!first.cache_hit());
+    let again = runtime.load(dir.path(), &options, &|_| {}).unwrap();
+    assert!(again.cache_hit(), "nothing changed");
+
+    let pyproject = dir.path().join("pyproject.toml");
+    let text = fs::read_to_string(&pyproject).unwrap();
+    fs::write(&pyproject, text.replace("attrs==25.3.0", "attrs==25.1.0")).unwrap();
+    let changed = runtime.load(dir.path(), &options, &|_| {}).unwrap();
+    assert!(!changed.cache_hit(), "a changed dependency rebuilds");
+    let versions = json(ok(&get(&changed, "/where").await))["versions"].clone();
+    assert_eq!(versions["attrs"], "25.1.0");
+    assert_eq!(
+        json(ok(&get(&first, "/where").await))["versions"]["attrs"],
+        "25.3.0",
+        "the earlier image keeps its own layer"
+    );
+    let layers = fs::read_dir(cache.path().join("layers")).unwrap().count();
+    assert_eq!(layers, 2, "one layer per distinct requirement list");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtualenv_with_an_editable_install_and_pth_files() {
+    let work = tempfile::tempdir().unwrap();
+    let venv = work.path().join("venv");
+    python(&["-m", "venv", venv.to_str().unwrap()], work.path());
+    let pip = venv.join("bin/python");
+    let pip = pip.to_str().unwrap();
+    // An editable install of a src-layout project: setuptools records it as
+    // a path in a .pth file pointing outside site-packages.
+    let project = work.path().join("greetlib");
+    fs::create_dir_all(project.join("src/greetlib")).unwrap();
+    fs::write(
+        project.join("pyproject.toml"),
+        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\
+         [project]\nname = \"greetlib\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    fs::write(
+        project.join("src/greetlib/__init__.py"),
+        "def greet(name):\n    return f'hello, {name}'\n",
+    )
+    .unwrap();
+    let quiet = ["-m", "pip", "install", "-q", "--disable-pip-version-check"];
+    let editable = [&quiet[..], &["-e", project.to_str().unwrap()]].concat();
+    python_in(pip, &editable, work.path());
+    python_in(pip, &[&quiet[..], &["idna==3.10"]].concat(), work.path());
+
+    let handler_dir = work.path().join("handler");
+    fs::create_dir(&handler_dir).unwrap();
+    fs::write(
+        handler_dir.join("app.py"),
+        "import idna\nfrom pycage import route\n\n\
+         @route('/')\ndef index():\n    import greetlib\n    \
+         return {'greet': greetlib.greet('ada'), 'idna': idna.__version__, 'from': greetlib.__file__}\n",
+    )
+    .unwrap();
+
+    let options = LoadOptions {
+        venv: Some(venv.clone()),
+        ..LoadOptions::default()
+    };
+    let handler = load(&handler_dir, &options).unwrap();
+    let body = json(ok(&get(&handler, "/").await));
+    assert_eq!(body["greet"], "hello, ada");
+    assert_eq!(body["idna"], "3.10");
+    // site-packages is /2, the editable project's src/ is /3.
+    assert_eq!(body["from"], "/3/greetlib/__init__.py");
+
+    // Changing the editable project's source changes the image.
+    fs::write(
+        project.join("src/greetlib/__init__.py"),
+        "def greet(name):\n    return f'hi, {name}'\n",
+    )
+    .unwrap();
+    let rebuilt = load(&handler_dir, &options).unwrap();
+    assert!(!rebuilt.cache_hit());
+    assert_eq!(json(ok(&get(&rebuilt, "/").await))["greet"], "hi, ada");
+
+    // Without the venv the same handler cannot import idna: nothing leaks in.
+    let error = load(&handler_dir, &LoadOptions::default())
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("No module named 'idna'"),
+        "{error}"
+    );
+}
+
+fn python_in(python: &str, args: &[&str], cwd: &Path) {
+    let out = Command::new(python)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("venv python");
+    assert!(
+        out.status.success(),
+        "{python} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_package_with_only_native_wheels_is_refused_naming_the_extension() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("app.py"),
+        "from pycage import route\n@route('/')\ndef i():\n    return 'x'\n",
+    )
+    .unwrap();
+    // pydantic needs pydantic-core, whose wheels are all native.
+    fs::write(
+        dir.path().join("pyproject.toml"),
+        "[project]\nname = \"x\"\nversion = \"0\"\ndependencies = [\"pydantic==2.13.4\"]\n",
+    )
+    .unwrap();
+    let error = load(dir.path(), &LoadOptions::default())
+        .map(|_| ())
+        .unwrap_err();
+    match &error {
+        LoadError::NativeOnly {
+            requirement,
+            modules,
+            ..
+        } => {
+            assert!(requirement.starts_with("pydantic-core"), "{error}");
+            assert!(modules.contains("pydantic_core._pydantic_core"), "{error}");
+        }
+        other => panic!("expected NativeOnly, got {other:?}"),
+    }
+    assert!(error.to_string().contains("pyproject.toml"), "{error}");
+}
+
+#[test]
+fn a_native_extension_in_vendor_is_refused_naming_package_and_module() {
+    let dir = copy_fixture("deps");
+    fs::remove_file(dir.path().join("pyproject.toml")).unwrap();
+    // What `pip install --target vendor` does for the host's platform.
+    python(
+        &[
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--target",
+            "vendor",
+            "pydantic-core==2.46.4",
+        ],
+        dir.path(),
+    );
+    let error = load(dir.path(), &LoadOptions::default())
+        .map(|_| ())
+        .unwrap_err();
+    match &error {
+        LoadError::NativeExtension {
+            path,
+            package,
+            module,
+        } => {
+            assert_eq!(module, "pydantic_core._pydantic_core");
+            assert_eq!(package.replace('-', "_"), "pydantic_core");
+            assert!(
+                path.starts_with(dir.path().join("vendor/pydantic_core")),
+                "{error}"
+            );
+        }
+        other => panic!("expected NativeExtension, got {other:?}"),
+    }
+}
+
+#[test]
+fn requirements_that_are_not_index_names_are_refused_before_any_install() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("app.py"),
+        "from pycage import route\n@route('/')\ndef i():\n    return 'x'\n",
+    )
+    .unwrap();
+    for bad in [
+        "evil @ https://example.com/evil.whl",
+        "../../etc",
+        "--index-url=http://x",
+    ] {
+        fs::write(
+            dir.path().join("pyproject.toml"),
+            format!("[project]\nname = \"x\"\nversion = \"0\"\ndependencies = [{bad:?}]\n"),
+        )
+        .unwrap();
+        let error = load(dir.path(), &LoadOptions::default())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(error, LoadError::Pyproject { .. }),
+            "{bad}: {error:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_without_dependencies_cannot_reach_another_tenants_layer() {
+    // The deps fixture's layer is in the same cache and mounted at /2 for it.
+    let with_layer = common::handler("deps");
+    assert_eq!(
+        json(ok(&get(&with_layer, "/where").await))["files"]["six"],
+        "/2/six.py"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("app.py"),
+        "import os\nfrom pycage import route\n\n\
+         def attempt(f):\n    try:\n        return repr(f())\n    except OSError as e:\n        return type(e).__name__\n\n\
+         @route('/')\ndef i():\n    return {'read': attempt(lambda: open('/2/six.py').read(10)),\n            \
+         'list': attempt(lambda: os.listdir('/2')),\n            \
+         'cache': attempt(lambda: os.listdir('/app/../layers'))}\n",
+    )
+    .unwrap();
+    let handler = load(dir.path(), &LoadOptions::default()).unwrap();
+    let body = json(ok(&get(&handler, "/").await));
+    for (what, outcome) in body.as_object().unwrap() {
+        let outcome = outcome.as_str().unwrap();
+        assert!(
+            outcome.ends_with("Error"),
+            "{what} should have failed: {outcome}"
+        );
+    }
+    assert_eq!(
+        json(ok(&get(&with_layer, "/where").await))["versions"]["attrs"],
+        "25.3.0"
+    );
+}
