@@ -89,8 +89,16 @@ impl Installer {
                 c
             }
             Installer::Uv => {
+                // uv has no "pure wheels only" platform: it picks wheels for
+                // the host, and the native-module scan refuses what cannot run.
                 let mut c = Command::new("uv");
-                c.args(["pip", "install", "--only-binary", ":all:"]);
+                c.args([
+                    "pip",
+                    "install",
+                    "--only-binary",
+                    ":all:",
+                    "--no-python-downloads",
+                ]);
                 if !pure {
                     c.arg("--no-deps");
                 }
