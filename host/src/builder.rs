@@ -53,6 +53,8 @@ pub enum LoadEvent<'a> {
         installer: &'a str,
         requirements: &'a [String],
     },
+    /// A virtualenv directory is copied in and granted read-only.
+    Granting { path: &'a Path },
     /// The handler is being built (cache miss).
     Building { source: &'a Path },
     /// Output the handler printed while being imported at build time.
@@ -106,13 +108,14 @@ pub(crate) fn ensure_built(
     for (path, reason) in &snapshot.skipped {
         on_event(LoadEvent::Skipped { path, reason });
     }
-    let layers = deps::layers(source, &snapshot, venv, cache, build_timeout, on_event)?;
+    let layers = deps::layers(source, &snapshot, venv, cache, on_event)?;
     let key = cache::handler_key(&source.entry_module, &snapshot, &layers);
     let dir = cache.handler_dir(&key);
     if let Some(built) = load_cached(engine, cache, &dir)? {
         return Ok(built);
     }
 
+    deps::install_missing(&layers, cache, build_timeout, on_event)?;
     let stdlib = ensure_stdlib(cache, build_timeout, on_event)?;
     debug_assert!(stdlib.is_dir());
     let started = Instant::now();

@@ -244,6 +244,7 @@ mod tests {
             contents: LayerContents::Installed {
                 key: key.into(),
                 dir: PathBuf::new(),
+                requirements: Vec::new(),
             },
         };
         let files = |contents: &str| Layer {

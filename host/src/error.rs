@@ -70,7 +70,7 @@ pub enum LoadError {
     #[error("{}: {message}", path.display())]
     Pyproject { path: PathBuf, message: String },
 
-    #[error("--venv {}: {message}", path.display())]
+    #[error("virtualenv {}: {message}", path.display())]
     Venv { path: PathBuf, message: String },
 
     #[error(

@@ -13,7 +13,18 @@ use std::path::{Path, PathBuf};
 use crate::error::LoadError;
 
 /// Directory entries never copied into a sandbox image.
-const SKIPPED_DIRS: &[&str] = &["__pycache__", ".git", ".hg", ".svn", ".venv", ".mypy_cache"];
+const SKIPPED_DIRS: &[&str] = &[
+    "__pycache__",
+    ".git",
+    ".hg",
+    ".svn",
+    ".venv",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".tox",
+    ".nox",
+];
 /// Entry modules tried, in order, when a directory is given without `--module`.
 pub const ENTRY_CANDIDATES: &[&str] = &["app", "handler", "main"];
 /// Module names the sandbox itself uses; a handler may not shadow them.

@@ -207,6 +207,8 @@ fn virtual_env_grants_its_packages_like_venv() {
     let with = run(Some(venv.path()));
     assert_eq!(with.status.code(), Some(0), "{}", stderr(&with));
     assert_eq!(stdout(&with), r#"{"answer": 42}"#);
+    // A grant made by the environment is always announced.
+    assert!(stderr(&with).contains("granting "), "{}", stderr(&with));
     let without = run(None);
     assert_eq!(without.status.code(), Some(2));
     assert!(
@@ -248,4 +250,38 @@ fn declared_dependencies_without_pip_or_uv_name_what_to_install() {
         "{err}"
     );
     assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn an_image_already_built_loads_without_any_installer_or_layer() {
+    let deps = fixture("deps");
+    let cache = tempfile::tempdir().unwrap();
+    let with_path = |args: &[&str], path: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pycage"));
+        command
+            .args(args)
+            .env("PYCAGE_CACHE_DIR", cache.path())
+            .env_remove("VIRTUAL_ENV");
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        command.output().unwrap()
+    };
+    let built = with_path(&["build", deps.to_str().unwrap()], None);
+    assert_eq!(built.status.code(), Some(0), "{}", stderr(&built));
+    // The image holds its own copy of the layer: neither the shared layer
+    // nor pip is needed to load it again.
+    std::fs::remove_dir_all(cache.path().join("layers")).unwrap();
+    let empty_path = tempfile::tempdir().unwrap();
+    let out = with_path(
+        &[
+            "run",
+            deps.to_str().unwrap(),
+            "--path",
+            "/domain/xn--bcher-kva.example",
+        ],
+        Some(empty_path.path()),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), r#"{"ascii": "xn--bcher-kva.example"}"#);
 }

@@ -36,6 +36,10 @@ impl Reporter {
                     "pycage: preparing the Python standard library (once per pycage version)..."
                 );
             }
+            // Always shown: VIRTUAL_ENV can grant a virtualenv without a flag.
+            LoadEvent::Granting { path } => {
+                eprintln!("pycage: granting {} (read-only)", path.display());
+            }
             LoadEvent::InstallingDependencies {
                 pyproject,
                 installer,

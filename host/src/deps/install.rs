@@ -19,6 +19,11 @@ use crate::error::LoadError;
 use crate::guest::GUEST_PYTHON_VERSION;
 use crate::stage::{self, Tree};
 
+/// How pip is run: `-I` (isolated) keeps the working directory and the
+/// PYTHON* environment out of `sys.path`, so no file of a tenant's can stand
+/// in for pip's own modules.
+const PIP_PREFIX: &[&str] = &["-I", "-m", "pip"];
+
 /// The program that installs packages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Installer {
@@ -36,18 +41,20 @@ impl Installer {
         }
     }
 
-    /// pip if `python3 -m pip` works, else uv if `uv` is on PATH.
+    /// pip if `python3 -I -m pip` works, else uv if `uv` is on PATH.
     pub fn detect() -> Option<Installer> {
+        let empty = tempfile::tempdir().ok()?;
         let works = |program: &str, args: &[&str]| {
             Command::new(program)
                 .args(args)
+                .current_dir(empty.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .is_ok_and(|s| s.success())
         };
-        if works("python3", &["-m", "pip", "--version"]) {
+        if works("python3", &[PIP_PREFIX, &["--version"]].concat()) {
             Some(Installer::Pip)
         } else if works("uv", &["--version"]) {
             Some(Installer::Uv)
@@ -60,20 +67,18 @@ impl Installer {
     /// the guest: pure-Python wheels for its Python version. Without it the
     /// host's own platform and version are used, only to find out which
     /// native module a package that failed needs.
-    fn command(self, target: &Path, requirements: &[String], pure: bool) -> Command {
+    fn command(self, cwd: &Path, target: &Path, requirements: &[String], pure: bool) -> Command {
         let mut command = match self {
             Installer::Pip => {
                 let mut c = Command::new("python3");
-                c.args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--disable-pip-version-check",
-                    "--no-input",
-                ]);
+                c.args(PIP_PREFIX);
+                c.args(["install", "--disable-pip-version-check", "--no-input"]);
                 c.args(["--no-warn-conflicts", "--no-warn-script-location"]);
                 c.arg("--root-user-action=ignore");
                 c.args(["--no-compile", "--only-binary=:all:"]);
+                // What a tenant makes the host download stays out of the
+                // operator's pip cache.
+                c.arg("--no-cache-dir");
                 if pure {
                     c.args([
                         "--platform",
@@ -98,6 +103,7 @@ impl Installer {
                     "--only-binary",
                     ":all:",
                     "--no-python-downloads",
+                    "--no-cache",
                 ]);
                 if !pure {
                     c.arg("--no-deps");
@@ -114,7 +120,7 @@ impl Installer {
             .arg("--")
             .args(requirements)
             // Nothing relative resolves against the user's directory.
-            .current_dir(target)
+            .current_dir(cwd)
             // Our own interpreter settings must not leak into the installer.
             .env_remove("PYTHONPATH")
             .env("PYTHONNOUSERSITE", "1")
@@ -128,44 +134,49 @@ struct Failure {
     output: String,
 }
 
-/// Install `requirements` into `target` (an empty directory).
+/// Install `requirements` into `target` (an empty directory), giving up at
+/// `deadline`.
 pub(super) fn install(
     installer: Installer,
     pyproject: &Path,
     requirements: &[String],
     target: &Path,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Result<(), LoadError> {
-    match run(
-        installer.command(target, requirements, true),
-        target,
-        timeout,
-    ) {
-        Ok(()) => Ok(()),
-        Err(failure) => {
-            // The usual reason: a package (or a dependency of one) has only
-            // native wheels. Name its extension modules if so.
-            if let Some(requirement) = unsatisfied(&failure.output)
-                && let Some(modules) = native_modules_of(installer, &requirement, timeout)
-            {
-                return Err(LoadError::NativeOnly {
-                    path: pyproject.to_path_buf(),
-                    requirement,
-                    modules: modules.join(", "),
-                });
-            }
-            Err(LoadError::DependencyInstall {
+    let cwd = tempfile::tempdir().map_err(|source| LoadError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let command = installer.command(cwd.path(), target, requirements, true);
+    let Err(failure) = run(command, target, deadline) else {
+        return Ok(());
+    };
+    let mut detail = tail(&failure.output, 40);
+    // The usual reason: a package (or a dependency of one) has only native
+    // wheels. Name its extension modules if so.
+    if let Some(requirement) = unsatisfied(&failure.output) {
+        if let Some(modules) = native_modules_of(installer, &requirement, deadline) {
+            return Err(LoadError::NativeOnly {
                 path: pyproject.to_path_buf(),
-                installer: installer.name(),
-                detail: tail(&failure.output, 40),
-            })
+                requirement,
+                modules: modules.join(", "),
+            });
         }
+        detail.push_str(&format!(
+            "\n(pycage installs wheels only, never source distributions, whose build would \
+             run code on the host: `{requirement}` may have no pure-Python wheel)"
+        ));
     }
+    Err(LoadError::DependencyInstall {
+        path: pyproject.to_path_buf(),
+        installer: installer.name(),
+        detail,
+    })
 }
 
-/// Run `command` with its output in a file beside `target`, killing it
-/// after `timeout`.
-fn run(mut command: Command, target: &Path, timeout: Duration) -> Result<(), Failure> {
+/// Run `command` with its output in a file beside `target`, killing it at
+/// `deadline`.
+fn run(mut command: Command, target: &Path, deadline: Instant) -> Result<(), Failure> {
     let log_path = target.with_extension("log");
     let log = fs::File::create(&log_path).map_err(|e| Failure {
         output: format!("{}: {e}", log_path.display()),
@@ -180,11 +191,10 @@ fn run(mut command: Command, target: &Path, timeout: Duration) -> Result<(), Fai
         .map_err(|e| Failure {
             output: format!("could not start {:?}: {e}", command.get_program()),
         })?;
-    let started = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
-            Ok(None) if started.elapsed() > timeout => {
+            Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
@@ -199,7 +209,7 @@ fn run(mut command: Command, target: &Path, timeout: Duration) -> Result<(), Fai
         Some(status) if status.success() => Ok(()),
         Some(_) => Err(Failure { output }),
         None => Err(Failure {
-            output: format!("{output}\n(stopped after {timeout:?})"),
+            output: format!("{output}\n(stopped: the build timeout ran out)"),
         }),
     }
 }
@@ -225,17 +235,14 @@ fn unsatisfied(output: &str) -> Option<String> {
 fn native_modules_of(
     installer: Installer,
     requirement: &str,
-    timeout: Duration,
+    deadline: Instant,
 ) -> Option<Vec<String>> {
     let probe = tempfile::tempdir().ok()?;
-    let target = probe.path().join("site");
+    let (cwd, target) = (probe.path().join("cwd"), probe.path().join("site"));
+    fs::create_dir(&cwd).ok()?;
     fs::create_dir(&target).ok()?;
-    run(
-        installer.command(&target, &[requirement.to_owned()], false),
-        &target,
-        timeout,
-    )
-    .ok()?;
+    let command = installer.command(&cwd, &target, &[requirement.to_owned()], false);
+    run(command, &target, deadline).ok()?;
     let snapshot = stage::snapshot_tree(&target, &Tree::INSTALLED).ok()?;
     let modules: Vec<String> = native::find(&snapshot, &[""])
         .into_iter()

@@ -24,7 +24,7 @@ pub mod venv;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -54,9 +54,13 @@ pub enum LayerContents {
     /// Files read from the user's disk (they may change between loads, so
     /// their contents are part of the handler's cache key).
     Files(Snapshot),
-    /// An installed layer in the cache; immutable once published, so its
-    /// key stands for its contents.
-    Installed { key: String, dir: PathBuf },
+    /// Declared dependencies, installed into `dir` in the cache. A layer is
+    /// immutable once published, so its key stands for its contents.
+    Installed {
+        key: String,
+        dir: PathBuf,
+        requirements: Vec<String>,
+    },
 }
 
 impl Layer {
@@ -94,14 +98,15 @@ struct LayerRecord<'a> {
     installed: Vec<String>,
 }
 
-/// The layers of `source`, installing declared dependencies on a cache miss,
-/// after checking the handler's own tree (`snapshot`) for native modules.
+/// The layers of `source`, after checking the handler's own tree
+/// (`snapshot`) for native modules. Declared dependencies are only keyed
+/// here: [`install_missing`] installs them when an image has to be built,
+/// so loading an image that is already built never runs an installer.
 pub(crate) fn layers(
     source: &HandlerSource,
     snapshot: &Snapshot,
     venv: Option<&Path>,
     cache: &Cache,
-    timeout: Duration,
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<Vec<Layer>, LoadError> {
     let vendor_root = format!("{VENDOR_DIR}/");
@@ -114,13 +119,15 @@ pub(crate) fn layers(
         let requirements =
             pyproject::dependencies(&path, &String::from_utf8_lossy(&file.contents))?;
         if !requirements.is_empty() {
-            layers.push(installed_layer(
-                cache,
-                &path,
-                &requirements,
-                timeout,
-                on_event,
-            )?);
+            let key = crate::cache::layer_key(&requirements);
+            layers.push(Layer {
+                origin: path,
+                contents: LayerContents::Installed {
+                    dir: cache.layer_dir(&key),
+                    key,
+                    requirements,
+                },
+            });
         }
     }
     if let Some(venv) = venv {
@@ -133,6 +140,7 @@ pub(crate) fn layers(
                 on_event(LoadEvent::Skipped { path, reason });
             }
             check_native(&snapshot, &[""], &tree)?;
+            on_event(LoadEvent::Granting { path: &tree });
             layers.push(Layer {
                 origin: tree,
                 contents: LayerContents::Files(snapshot),
@@ -154,26 +162,36 @@ fn check_native(snapshot: &Snapshot, roots: &[&str], origin: &Path) -> Result<()
     }
 }
 
-/// The cached layer for `requirements`, installed now if missing.
-fn installed_layer(
+/// Install every declared-dependency layer that is not in the cache yet.
+/// All installs together get `timeout`.
+pub(crate) fn install_missing(
+    layers: &[Layer],
+    cache: &Cache,
+    timeout: Duration,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<(), LoadError> {
+    let deadline = Instant::now() + timeout;
+    for layer in layers {
+        if let LayerContents::Installed {
+            dir, requirements, ..
+        } = &layer.contents
+            && !dir.join(LAYER_RECORD).is_file()
+        {
+            install_layer(cache, &layer.origin, requirements, dir, deadline, on_event)?;
+        }
+    }
+    Ok(())
+}
+
+/// Install `requirements` and publish them as the layer `dir`.
+fn install_layer(
     cache: &Cache,
     pyproject: &Path,
     requirements: &[String],
-    timeout: Duration,
+    dir: &Path,
+    deadline: Instant,
     on_event: &dyn Fn(LoadEvent<'_>),
-) -> Result<Layer, LoadError> {
-    let key = crate::cache::layer_key(requirements);
-    let dir = cache.layer_dir(&key);
-    let layer = |dir| Layer {
-        origin: pyproject.to_path_buf(),
-        contents: LayerContents::Installed {
-            key: key.clone(),
-            dir,
-        },
-    };
-    if dir.join(LAYER_RECORD).is_file() {
-        return Ok(layer(dir));
-    }
+) -> Result<(), LoadError> {
     let installer = Installer::detect().ok_or_else(|| LoadError::NoInstaller {
         path: pyproject.to_path_buf(),
     })?;
@@ -182,12 +200,21 @@ fn installed_layer(
         installer: installer.name(),
         requirements,
     });
-    let scratch = cache.scratch_for(&dir)?;
+    let scratch = cache.scratch_for(dir)?;
     let site = scratch.path().join(SITE);
     fs::create_dir(&site).map_err(|e| cache.error(&site, e))?;
-    install::install(installer, pyproject, requirements, &site, timeout)?;
-    // A wheel tagged pure can still carry a native module.
-    let snapshot = stage::snapshot_tree(&site, &Tree::INSTALLED)?;
+    install::install(installer, pyproject, requirements, &site, deadline)?;
+    // Bounded like a handler's own tree; errors name the pyproject.toml,
+    // since the scratch directory is gone by the time anyone reads them.
+    let snapshot = stage::snapshot_tree(&site, &Tree::INSTALLED).map_err(|e| match e {
+        LoadError::TooLarge { limit, .. } => LoadError::TooLarge {
+            path: pyproject.to_path_buf(),
+            limit,
+        },
+        other => other,
+    })?;
+    // A wheel tagged pure can still carry a native module; and uv, which
+    // cannot restrict itself to pure wheels, installs the host's ones.
     if let Some(found) = native::find(&snapshot, &[""]).into_iter().next() {
         return Err(LoadError::NativeExtension {
             path: pyproject.to_path_buf(),
@@ -207,6 +234,5 @@ fn installed_layer(
         serde_json::to_vec_pretty(&record).expect("record serialises"),
     )
     .map_err(|e| cache.error(&record_path, e))?;
-    cache.publish(scratch, &dir)?;
-    Ok(layer(dir))
+    cache.publish(scratch, dir)
 }

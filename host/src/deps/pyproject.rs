@@ -64,9 +64,11 @@ fn is_index_requirement(requirement: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphanumeric());
     // pip reads a requirement ending like an archive as a file name.
-    let archive = [".whl", ".zip", ".tar.gz", ".tgz", ".tar"]
-        .iter()
-        .any(|suffix| head.trim_end().to_ascii_lowercase().ends_with(suffix));
+    let archive = [
+        ".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz",
+    ]
+    .iter()
+    .any(|suffix| head.trim_end().to_ascii_lowercase().ends_with(suffix));
     starts_with_name && !archive && !head.contains(['@', '/', '\\', ':'])
 }
 

@@ -84,7 +84,10 @@ pub fn pth_dirs(site: &Path) -> Result<Vec<PathBuf>, LoadError> {
             let Ok(dir) = fs::canonicalize(site.join(line)) else {
                 continue;
             };
-            if dir.is_dir() && !dir.starts_with(&site_real) && !dirs.contains(&dir) {
+            // Inside site-packages it is copied already; a directory holding
+            // site-packages (a project root with its venv) would copy it twice.
+            let overlaps = dir.starts_with(&site_real) || site_real.starts_with(&dir);
+            if dir.is_dir() && !overlaps && !dirs.contains(&dir) {
                 dirs.push(dir);
             }
         }
@@ -118,6 +121,8 @@ mod tests {
         )
         .unwrap();
         fs::write(site.join("a.pth"), format!("{}\n", src.display())).unwrap();
+        // Only src: not the directory inside site-packages, nor the venv
+        // root that holds site-packages.
         assert_eq!(pth_dirs(&site).unwrap(), [fs::canonicalize(&src).unwrap()]);
     }
 }
