@@ -298,7 +298,17 @@ async fn main() {
     let (_, warm_wrong) = run(addr, 0, warmup, concurrency).await;
     let (rss_start, fds_start) = proc_figures(pid);
     let started = Instant::now();
-    let (sent, wrong) = run(addr, warmup, total, concurrency).await;
+    // In quarters, sampling RSS after each, so a trend is visible: a leak
+    // keeps growing, a pool that has reached its working set levels off.
+    let (mut sent, mut wrong, mut rss_trace) = (0, Vec::new(), Vec::new());
+    for quarter in 0..4u64 {
+        let from = warmup + total * quarter / 4;
+        let to = warmup + total * (quarter + 1) / 4;
+        let (n, w) = run(addr, from, to - from, concurrency).await;
+        sent += n;
+        wrong.extend(w);
+        rss_trace.push(proc_figures(pid).0 / 1024);
+    }
     let elapsed = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss_end, fds_end) = proc_figures(pid);
@@ -327,8 +337,13 @@ async fn main() {
         println!("  {line}");
     }
     println!(
-        "server RSS: {} MiB after warm-up, {} MiB at the end",
+        "server RSS: {} MiB after warm-up; after each quarter {} MiB; {} MiB at the end",
         rss_start / 1024,
+        rss_trace
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         rss_end / 1024
     );
     println!("server open fds: {fds_start} after warm-up, {fds_end} at the end");
