@@ -12,17 +12,23 @@ use common::{fixture, get, json, ok, runtime};
 use pycage::{Cache, LoadError, LoadOptions, Runtime};
 
 fn python(args: &[&str], cwd: &Path) {
-    let out = Command::new("python3")
-        .args(args)
-        .current_dir(cwd)
-        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
-        .output()
-        .expect("python3 is on PATH");
-    assert!(
-        out.status.success(),
-        "python3 {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python_in("python3", args, cwd);
+}
+
+/// A minimal handler directory whose pyproject.toml declares `dependency`.
+fn handler_declaring(dependency: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("app.py"),
+        "from pycage import route\n@route('/')\ndef i():\n    return 'x'\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("pyproject.toml"),
+        format!("[project]\nname = \"x\"\nversion = \"0\"\ndependencies = [{dependency:?}]\n"),
+    )
+    .unwrap();
+    dir
 }
 
 /// A copy of a fixture directory to modify.
@@ -195,8 +201,9 @@ fn python_in(python: &str, args: &[&str], cwd: &Path) {
     let out = Command::new(python)
         .args(args)
         .current_dir(cwd)
+        .env("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         .output()
-        .expect("venv python");
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
     assert!(
         out.status.success(),
         "{python} {args:?}: {}",
@@ -206,18 +213,8 @@ fn python_in(python: &str, args: &[&str], cwd: &Path) {
 
 #[test]
 fn a_package_with_only_native_wheels_is_refused_naming_the_extension() {
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(
-        dir.path().join("app.py"),
-        "from pycage import route\n@route('/')\ndef i():\n    return 'x'\n",
-    )
-    .unwrap();
     // pydantic needs pydantic-core, whose wheels are all native.
-    fs::write(
-        dir.path().join("pyproject.toml"),
-        "[project]\nname = \"x\"\nversion = \"0\"\ndependencies = [\"pydantic==2.13.4\"]\n",
-    )
-    .unwrap();
+    let dir = handler_declaring("pydantic==2.13.4");
     let error = load(dir.path(), &LoadOptions::default())
         .map(|_| ())
         .unwrap_err();
@@ -277,22 +274,12 @@ fn a_native_extension_in_vendor_is_refused_naming_package_and_module() {
 
 #[test]
 fn requirements_that_are_not_index_names_are_refused_before_any_install() {
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(
-        dir.path().join("app.py"),
-        "from pycage import route\n@route('/')\ndef i():\n    return 'x'\n",
-    )
-    .unwrap();
     for bad in [
         "evil @ https://example.com/evil.whl",
         "../../etc",
         "--index-url=http://x",
     ] {
-        fs::write(
-            dir.path().join("pyproject.toml"),
-            format!("[project]\nname = \"x\"\nversion = \"0\"\ndependencies = [{bad:?}]\n"),
-        )
-        .unwrap();
+        let dir = handler_declaring(bad);
         let error = load(dir.path(), &LoadOptions::default())
             .map(|_| ())
             .unwrap_err();
