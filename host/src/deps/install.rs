@@ -27,7 +27,7 @@ const PIP_PREFIX: &[&str] = &["-I", "-m", "pip"];
 /// The program that installs packages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Installer {
-    /// `python3 -m pip`
+    /// `python3 -I -m pip`
     Pip,
     /// `uv pip`
     Uv,
