@@ -59,4 +59,4 @@ pub use output::CapturedOutput;
 #[cfg(feature = "runtime")]
 pub use runtime::{Handler, LoadOptions, Runtime, RuntimeConfig};
 #[cfg(feature = "runtime")]
-pub use sandbox::Exchange;
+pub use sandbox::{Exchange, Timings};

@@ -295,6 +295,26 @@ impl Handler {
         sandbox::dispatch(&self.inner.pre, &self.mounts(), &self.inner.limits, request).await
     }
 
+    /// For benchmarks only (`host/examples/bench.rs`): time `n` dispatches of
+    /// `request` on one reused instance. Never for serving: state carries
+    /// over between the calls, which is exactly what pycage exists to prevent.
+    #[doc(hidden)]
+    pub async fn bench_reused_instance(
+        &self,
+        request: Request,
+        n: usize,
+    ) -> Result<Vec<Duration>, DispatchError> {
+        let _permits = self.inner.gate.enter().await?;
+        sandbox::dispatch_reused(
+            &self.inner.pre,
+            &self.mounts(),
+            &self.inner.limits,
+            &request,
+            n,
+        )
+        .await
+    }
+
     /// The route table, as the guest reports it through its `routes` export.
     pub async fn routes(&self) -> Result<Vec<RouteInfo>, DispatchError> {
         let _permits = self.inner.gate.enter().await?;

@@ -77,6 +77,19 @@ pub struct Exchange {
     pub stderr: CapturedOutput,
     /// Wall time from the start of instantiation to the end of the call.
     pub elapsed: Duration,
+    /// Where that time went, and the teardown after it.
+    pub timings: Timings,
+}
+
+/// The phases of one dispatch (zero for a phase that did not run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Creating the Store and WASI context and instantiating the component.
+    pub instantiate: Duration,
+    /// The guest's `dispatch` call.
+    pub call: Duration,
+    /// Dropping the instance and its Store, which returns the pool slot.
+    pub teardown: Duration,
 }
 
 impl Exchange {
@@ -87,6 +100,7 @@ impl Exchange {
             stdout: CapturedOutput::default(),
             stderr: CapturedOutput::default(),
             elapsed: Duration::ZERO,
+            timings: Timings::default(),
         }
     }
 
@@ -192,13 +206,14 @@ pub(crate) async fn dispatch(
 ) -> Exchange {
     let stdout = CappedPipe::new(limits.max_output_bytes);
     let stderr = CappedPipe::new(limits.max_output_bytes);
-    let started = Instant::now();
-    let result = run(pre, mounts, limits, request, &stdout, &stderr).await;
+    let mut timings = Timings::default();
+    let result = run(pre, mounts, limits, request, &stdout, &stderr, &mut timings).await;
     Exchange {
         result,
         stdout: stdout.take(),
         stderr: stderr.take(),
-        elapsed: started.elapsed(),
+        elapsed: timings.instantiate + timings.call,
+        timings,
     }
 }
 
@@ -209,29 +224,30 @@ async fn run(
     request: Request,
     stdout: &CappedPipe,
     stderr: &CappedPipe,
+    timings: &mut Timings,
 ) -> Result<Response, DispatchError> {
+    let started = Instant::now();
     let mut store = new_store(pre, mounts, limits, stdout, stderr)?;
 
-    let wit_request = types::Request {
-        method: request.method,
-        path: request.path,
-        query: request.query,
-        headers: request
-            .headers
-            .into_iter()
-            .map(|(name, value)| types::Header { name, value })
-            .collect(),
-        body: request.body,
-    };
+    let wit_request = to_wit(request);
+    let mut instantiated = None;
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
+        instantiated = Some(Instant::now());
         instance
             .pycage_handler_handler()
             .call_dispatch(&mut store, &wit_request)
             .await
     };
     let outcome = tokio::time::timeout(limits.timeout, call).await;
+    let finished = Instant::now();
+    let instantiated = instantiated.unwrap_or(finished);
+    timings.instantiate = instantiated - started;
+    timings.call = finished - instantiated;
     let memory_hit = store.data().memory.hit;
+    let teardown = Instant::now();
+    drop(store);
+    timings.teardown = teardown.elapsed();
     let memory_error = || DispatchError::MemoryLimit {
         limit_bytes: limits.memory_bytes,
     };
@@ -266,6 +282,51 @@ async fn run(
             response.body,
             limits.max_response_body,
         ),
+    }
+}
+
+/// For benchmarks only: instantiate once, then time `n` dispatches of
+/// `request` on that same instance. State carries over between the calls,
+/// so this is the lower bound for the Python work itself, not isolation.
+pub(crate) async fn dispatch_reused(
+    pre: &SandboxPre<SandboxState>,
+    mounts: &Mounts<'_>,
+    limits: &Limits,
+    request: &Request,
+    n: usize,
+) -> Result<Vec<Duration>, DispatchError> {
+    let sink = CappedPipe::new(0);
+    let mut store = new_store(pre, mounts, limits, &sink, &sink)?;
+    let wit_request = to_wit(request.clone());
+    let calls = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        let handler = instance.pycage_handler_handler();
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = Instant::now();
+            let _ = handler.call_dispatch(&mut store, &wit_request).await?;
+            times.push(started.elapsed());
+        }
+        wasmtime::Result::Ok(times)
+    };
+    match tokio::time::timeout(limits.timeout, calls).await {
+        Err(_) => Err(DispatchError::Timeout(limits.timeout)),
+        Ok(Err(error)) => Err(classify_failure(&error, limits)),
+        Ok(Ok(times)) => Ok(times),
+    }
+}
+
+fn to_wit(request: Request) -> types::Request {
+    types::Request {
+        method: request.method,
+        path: request.path,
+        query: request.query,
+        headers: request
+            .headers
+            .into_iter()
+            .map(|(name, value)| types::Header { name, value })
+            .collect(),
+        body: request.body,
     }
 }
 

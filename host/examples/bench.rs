@@ -1,0 +1,296 @@
+//! What a fresh interpreter per request costs, measured through the
+//! embedding API in one run on this machine, against its baselines:
+//!
+//! 1. a fresh instance per request (instantiate + dispatch + teardown), with
+//!    the split of each phase;
+//! 2. the same dispatch on one reused instance (no isolation: the Python
+//!    work alone);
+//! 3. a native `python3` process per request running the same handler
+//!    through the same framework code (`scripts/bench_native.py`);
+//! 4. host RSS per concurrently live instance, and at 64 in flight;
+//! 5. cold paths: `pycage run` on a cache hit, and cache-miss builds.
+//!
+//! HTTP throughput is measured by `scripts/bench-serve.sh`; `scripts/bench.sh`
+//! runs both. Usage (release build):
+//!
+//!     bench PYCAGE_BINARY JSON_OUT [ITERATIONS]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pycage::{Cache, Handler, Limits, LoadOptions, Request, Runtime};
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Median and 99th percentile, in microseconds.
+fn stats(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| {
+        let index = ((samples.len() - 1) as f64 * q).round() as usize;
+        samples[index].as_secs_f64() * 1e6
+    };
+    (at(0.5), at(0.99))
+}
+
+fn row(table: &mut Vec<(String, f64, f64)>, what: &str, samples: &mut [Duration]) -> Value {
+    let (p50, p99) = stats(samples);
+    table.push((what.to_owned(), p50, p99));
+    json!({ "p50_us": p50, "p99_us": p99, "samples": samples.len() })
+}
+
+fn hello_request() -> Request {
+    Request::new("GET", "/hello/ada")
+        .unwrap()
+        .with_header("user-agent", "bench")
+        .unwrap()
+}
+
+async fn fresh_instances(handler: &Handler, n: usize) -> [Vec<Duration>; 4] {
+    let mut phases: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..n {
+        let started = Instant::now();
+        let exchange = handler.dispatch(hello_request()).await;
+        let total = started.elapsed();
+        assert_eq!(exchange.response().status, 200, "{:?}", exchange.result);
+        let t = exchange.timings;
+        for (samples, value) in phases
+            .iter_mut()
+            .zip([total, t.instantiate, t.call, t.teardown])
+        {
+            samples.push(value);
+        }
+    }
+    phases
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// RSS with `live` instances in flight (each sleeping), over the idle RSS.
+async fn memory(runtime: &Runtime, live: usize) -> Value {
+    let limits = Limits {
+        timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let options = LoadOptions {
+        limits,
+        ..LoadOptions::default()
+    };
+    let handler = runtime
+        .load(&repo().join("fixtures/limits"), &options, &|_| {})
+        .expect("limits fixture");
+    for _ in 0..live {
+        handler.dispatch(Request::new("GET", "/ok").unwrap()).await;
+    }
+    let idle = rss_kib();
+    let tasks: Vec<_> = (0..live)
+        .map(|_| {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let request = Request::new("GET", "/slow?seconds=2").unwrap();
+                handler.dispatch(request).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let busy = rss_kib();
+    let in_use = runtime.instances_in_use();
+    for task in tasks {
+        let exchange = task.await.unwrap();
+        assert_eq!(exchange.response().status, 200, "{:?}", exchange.result);
+    }
+    json!({
+        "live_instances": in_use,
+        "idle_rss_mib": idle / 1024,
+        "rss_at_live_mib": busy / 1024,
+        "per_instance_kib": (busy.saturating_sub(idle)) / (in_use.max(1) as u64),
+    })
+}
+
+/// The real `python3` executable behind PATH.
+fn native_python() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is on PATH");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn time_command(command: &mut Command) -> Duration {
+    let started = Instant::now();
+    let out = command.output().expect("command runs");
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: bench PYCAGE_BINARY JSON_OUT [ITERATIONS]");
+        std::process::exit(2);
+    }
+    let pycage = PathBuf::from(&args[1]);
+    let json_out = PathBuf::from(&args[2]);
+    let n: usize = args.get(3).map_or(2000, |v| v.parse().expect("ITERATIONS"));
+    let hello = repo().join("fixtures/hello/hello.py");
+    let mut table = Vec::new();
+    let mut results = serde_json::Map::new();
+
+    let runtime = Runtime::new(Cache::new(Cache::default_root())).expect("runtime");
+    let handler = runtime
+        .load(&hello, &LoadOptions::default(), &|_| {})
+        .expect("hello fixture");
+    fresh_instances(&handler, 200).await; // warm the pool slots and caches
+
+    // 1. A fresh instance per request, and where its time goes.
+    let [mut total, mut inst, mut call, mut teardown] = fresh_instances(&handler, n).await;
+    results.insert(
+        "fresh_total".into(),
+        row(&mut table, "fresh instance: total", &mut total),
+    );
+    results.insert(
+        "fresh_instantiate".into(),
+        row(&mut table, "  instantiate", &mut inst),
+    );
+    results.insert(
+        "fresh_call".into(),
+        row(&mut table, "  dispatch call", &mut call),
+    );
+    results.insert(
+        "fresh_teardown".into(),
+        row(&mut table, "  teardown", &mut teardown),
+    );
+
+    // 2. The same dispatch on one reused instance.
+    let mut reused = handler
+        .bench_reused_instance(hello_request(), n)
+        .await
+        .expect("reused dispatch");
+    results.insert(
+        "reused_call".into(),
+        row(&mut table, "reused instance: dispatch", &mut reused),
+    );
+
+    // 3. A native CPython process per request: the interpreter itself (not
+    // a version-manager shim in front of it), with bytecode caching on and
+    // warmed, as a deployed service would have it.
+    let python = native_python();
+    let native_once = || {
+        time_command(
+            Command::new(&python)
+                .arg(repo().join("scripts/bench_native.py"))
+                .arg(repo().join("fixtures/hello"))
+                .args(["hello", "GET", "/hello/ada"])
+                .env_remove("PYTHONDONTWRITEBYTECODE"),
+        )
+    };
+    native_once();
+    let mut native: Vec<Duration> = (0..40).map(|_| native_once()).collect();
+    results.insert(
+        "native_process".into(),
+        row(&mut table, "native python3 process", &mut native),
+    );
+
+    // 5. Cold paths: the CLI on a cache hit, and builds on a miss.
+    let mut cli_hit: Vec<Duration> = (0..30)
+        .map(|_| {
+            time_command(
+                Command::new(&pycage)
+                    .args(["-q", "run"])
+                    .arg(&hello)
+                    .args(["--path", "/hello/ada"]),
+            )
+        })
+        .collect();
+    results.insert(
+        "cli_cache_hit".into(),
+        row(&mut table, "pycage run (cache hit)", &mut cli_hit),
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let build = |handler: &Path| {
+        time_command(
+            Command::new(&pycage)
+                .args(["-q", "build"])
+                .arg(handler)
+                .env("PYCAGE_CACHE_DIR", empty.path()),
+        )
+    };
+    let mut first_build = vec![build(&hello)];
+    let mut handler_build = vec![build(&repo().join("fixtures/api"))];
+    results.insert(
+        "build_empty_cache".into(),
+        row(
+            &mut table,
+            "build, empty cache (with stdlib)",
+            &mut first_build,
+        ),
+    );
+    results.insert(
+        "build_miss".into(),
+        row(&mut table, "build, handler miss", &mut handler_build),
+    );
+
+    // 4. Memory.
+    let memory = memory(&runtime, 64).await;
+
+    let (fresh_p50, reused_p50, native_p50) = (
+        results["fresh_total"]["p50_us"].as_f64().unwrap(),
+        results["reused_call"]["p50_us"].as_f64().unwrap(),
+        results["native_process"]["p50_us"].as_f64().unwrap(),
+    );
+    let overhead = fresh_p50 - reused_p50;
+    println!(
+        "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{:<36} {:>12} {:>12}", "what", "p50", "p99");
+    for (what, p50, p99) in &table {
+        let unit = |us: f64| {
+            if us >= 10_000.0 {
+                format!("{:.1} ms", us / 1000.0)
+            } else {
+                format!("{us:.0} µs")
+            }
+        };
+        println!("{what:<36} {:>12} {:>12}", unit(*p50), unit(*p99));
+    }
+    println!(
+        "fresh-instance overhead (fresh total - reused dispatch, p50): {overhead:.0} µs; fresh/reused {:.1}x; native process/fresh {:.1}x",
+        fresh_p50 / reused_p50,
+        native_p50 / fresh_p50
+    );
+    println!(
+        "memory: {} MiB idle; {} MiB with {} instances in flight; {} KiB per live instance",
+        memory["idle_rss_mib"],
+        memory["rss_at_live_mib"],
+        memory["live_instances"],
+        memory["per_instance_kib"]
+    );
+    results.insert("fresh_overhead_p50_us".into(), json!(overhead));
+    results.insert("memory".into(), memory);
+    if let Some(parent) = json_out.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(
+        &json_out,
+        serde_json::to_vec_pretty(&Value::Object(results)).unwrap(),
+    )
+    .unwrap();
+    println!("wrote {}", json_out.display());
+}
