@@ -22,6 +22,31 @@ async fn hello_example_answers_with_json() {
 }
 
 #[tokio::test]
+async fn an_exchange_reports_where_its_time_went() {
+    let h = handler("hello/hello.py");
+    let exchange = get(&h, "/hello/ada").await;
+    ok(&exchange);
+    let t = exchange.timings;
+    assert!(t.instantiate > std::time::Duration::ZERO, "{t:?}");
+    assert!(t.call > std::time::Duration::ZERO, "{t:?}");
+    assert!(t.teardown > std::time::Duration::ZERO, "{t:?}");
+    assert_eq!(exchange.elapsed, t.instantiate + t.call);
+    // A request refused before any instance has no phases at all.
+    let refused = h
+        .dispatch(
+            Request::new("GET", "/hello/ada")
+                .unwrap()
+                .with_body(vec![0; 11 << 20]),
+        )
+        .await;
+    assert!(matches!(
+        refused.result,
+        Err(DispatchError::RequestTooLarge { .. })
+    ));
+    assert_eq!(refused.timings, pycage::Timings::default());
+}
+
+#[tokio::test]
 async fn path_parameters_are_converted_by_annotation() {
     let h = handler("api");
     let response = get(&h, "/items/42?full=yes").await;
