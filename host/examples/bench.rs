@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pycage::{Cache, Handler, Limits, LoadOptions, Request, Runtime};
+use pycage::{Cache, Handler, Limits, LoadOptions, Request, Runtime, RuntimeConfig};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -152,7 +152,14 @@ async fn main() {
     let mut table = Vec::new();
     let mut results = serde_json::Map::new();
 
-    let runtime = Runtime::new(Cache::new(Cache::default_root())).expect("runtime");
+    // PYCAGE_BENCH_KEEP_RESIDENT_MIB varies the pool's kept-resident bytes,
+    // one of the levers the per-phase split shows the effect of.
+    let mut config = RuntimeConfig::new(Cache::new(Cache::default_root()));
+    if let Ok(mib) = std::env::var("PYCAGE_BENCH_KEEP_RESIDENT_MIB") {
+        config.keep_resident_bytes = mib.parse::<usize>().expect("MiB") << 20;
+    }
+    let keep_resident_mib = config.keep_resident_bytes >> 20;
+    let runtime = Runtime::with_config(config).expect("runtime");
     let handler = runtime
         .load(&hello, &LoadOptions::default(), &|_| {})
         .expect("hello fixture");
@@ -256,7 +263,7 @@ async fn main() {
     );
     let overhead = fresh_p50 - reused_p50;
     println!(
-        "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores",
+        "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores, {keep_resident_mib} MiB kept resident per slot",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("{:<36} {:>12} {:>12}", "what", "p50", "p99");
@@ -283,6 +290,7 @@ async fn main() {
         memory["per_instance_kib"]
     );
     results.insert("fresh_overhead_p50_us".into(), json!(overhead));
+    results.insert("keep_resident_mib".into(), json!(keep_resident_mib));
     results.insert("memory".into(), memory);
     if let Some(parent) = json_out.parent() {
         std::fs::create_dir_all(parent).unwrap();
