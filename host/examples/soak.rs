@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+// The same minimal hyper client the server tests use.
+#[path = "../tests/common/client.rs"]
+#[allow(dead_code)]
+mod client;
 
 /// One kind of request and how to judge its answer.
 struct Case {
@@ -180,32 +181,17 @@ fn pick(i: u64) -> &'static Case {
     &CASES[0]
 }
 
+/// One request of `case` on a new connection: (status, body).
 async fn send(addr: SocketAddr, case: &Case, i: u64) -> Result<(u16, Vec<u8>), String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = hyper::Request::builder()
-        .method(case.method)
-        .uri((case.path)(i))
-        .header("host", case.host)
-        .body(Full::new(Bytes::from((case.body)(i))))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body.to_vec()))
+    let reply = client::send(
+        addr,
+        case.method,
+        case.host,
+        &(case.path)(i),
+        (case.body)(i),
+    )
+    .await?;
+    Ok((reply.status, reply.body))
 }
 
 fn proc_figures(pid: u32) -> (u64, usize) {
@@ -223,17 +209,11 @@ fn proc_figures(pid: u32) -> (u64, usize) {
 }
 
 async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    let case = Case {
-        name: "metrics",
-        method: "GET",
-        host: "127.0.0.1",
-        path: |_| "/metrics".into(),
-        body: no_body,
-        check: |_, _, _| true,
-        weight: 0,
-    };
-    let (_, body) = send(admin, &case, 0).await.ok()?;
-    String::from_utf8_lossy(&body)
+    let reply = client::send(admin, "GET", "127.0.0.1", "/metrics", Vec::new())
+        .await
+        .ok()?;
+    reply
+        .text()
         .lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().last())
