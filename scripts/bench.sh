@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 iterations="${1:-2000}"
 seconds="${2:-10}"
 cargo build --release --quiet --bin pycage --example bench
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+source scripts/lib.sh
+target_dir="$(target_dir)"
 "$target_dir/release/pycage" -q build fixtures/hello/hello.py >/dev/null
 "$target_dir/release/examples/bench" "$target_dir/release/pycage" "$target_dir/bench/latest.json" "$iterations"
 echo

@@ -11,7 +11,8 @@ requests="${1:-100000}"
 concurrency="${2:-64}"
 
 cargo build --release --quiet --bin pycage --example soak
-target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+source scripts/lib.sh
+target_dir="$(target_dir)"
 log="$(mktemp)"
 "$target_dir/release/pycage" serve --config fixtures/soak.toml 2>"$log" &
 server=$!

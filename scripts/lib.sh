@@ -1,0 +1,7 @@
+# Shared by the scripts: sourced, not run.
+
+# Cargo's target directory (honours CARGO_TARGET_DIR and .cargo/config).
+target_dir() {
+    cargo metadata --format-version 1 --no-deps \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])'
+}
