@@ -309,11 +309,7 @@ pub(crate) async fn dispatch_reused(
         }
         wasmtime::Result::Ok(times)
     };
-    match tokio::time::timeout(limits.timeout, calls).await {
-        Err(_) => Err(DispatchError::Timeout(limits.timeout)),
-        Ok(Err(error)) => Err(classify_failure(&error, limits)),
-        Ok(Ok(times)) => Ok(times),
-    }
+    settle(tokio::time::timeout(limits.timeout, calls).await, limits)
 }
 
 fn to_wit(request: Request) -> types::Request {
@@ -359,9 +355,18 @@ pub(crate) async fn guest_routes(
             .call_routes(&mut store)
             .await
     };
-    match tokio::time::timeout(limits.timeout, call).await {
+    settle(tokio::time::timeout(limits.timeout, call).await, limits)
+}
+
+/// The outcome of a guest call made under `limits.timeout`, for calls whose
+/// result needs no further reading (everything but `dispatch`).
+fn settle<T>(
+    outcome: Result<wasmtime::Result<T>, tokio::time::error::Elapsed>,
+    limits: &Limits,
+) -> Result<T, DispatchError> {
+    match outcome {
         Err(_) => Err(DispatchError::Timeout(limits.timeout)),
         Ok(Err(error)) => Err(classify_failure(&error, limits)),
-        Ok(Ok(routes)) => Ok(routes),
+        Ok(Ok(value)) => Ok(value),
     }
 }
