@@ -36,10 +36,24 @@ fn stats(samples: &mut [Duration]) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-fn row(table: &mut Vec<(String, f64, f64)>, what: &str, samples: &mut [Duration]) -> Value {
-    let (p50, p99) = stats(samples);
-    table.push((what.to_owned(), p50, p99));
-    json!({ "p50_us": p50, "p99_us": p99, "samples": samples.len() })
+/// The printed table and the JSON written at the end, filled side by side.
+#[derive(Default)]
+struct Report {
+    table: Vec<(String, f64, f64)>,
+    results: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    /// Record `samples` as row `label` and JSON entry `key`; returns the p50 in µs.
+    fn add(&mut self, key: &str, label: &str, samples: &mut [Duration]) -> f64 {
+        let (p50, p99) = stats(samples);
+        self.table.push((label.to_owned(), p50, p99));
+        self.results.insert(
+            key.into(),
+            json!({ "p50_us": p50, "p99_us": p99, "samples": samples.len() }),
+        );
+        p50
+    }
 }
 
 fn hello_request() -> Request {
@@ -149,8 +163,7 @@ async fn main() {
     let json_out = PathBuf::from(&args[2]);
     let n: usize = args.get(3).map_or(2000, |v| v.parse().expect("ITERATIONS"));
     let hello = repo().join("fixtures/hello/hello.py");
-    let mut table = Vec::new();
-    let mut results = serde_json::Map::new();
+    let mut report = Report::default();
 
     // PYCAGE_BENCH_KEEP_RESIDENT_MIB varies the pool's kept-resident bytes,
     // one of the levers the per-phase split shows the effect of.
@@ -167,32 +180,17 @@ async fn main() {
 
     // 1. A fresh instance per request, and where its time goes.
     let [mut total, mut inst, mut call, mut teardown] = fresh_instances(&handler, n).await;
-    results.insert(
-        "fresh_total".into(),
-        row(&mut table, "fresh instance: total", &mut total),
-    );
-    results.insert(
-        "fresh_instantiate".into(),
-        row(&mut table, "  instantiate", &mut inst),
-    );
-    results.insert(
-        "fresh_call".into(),
-        row(&mut table, "  dispatch call", &mut call),
-    );
-    results.insert(
-        "fresh_teardown".into(),
-        row(&mut table, "  teardown", &mut teardown),
-    );
+    let fresh_p50 = report.add("fresh_total", "fresh instance: total", &mut total);
+    report.add("fresh_instantiate", "  instantiate", &mut inst);
+    report.add("fresh_call", "  dispatch call", &mut call);
+    report.add("fresh_teardown", "  teardown", &mut teardown);
 
     // 2. The same dispatch on one reused instance.
     let mut reused = handler
         .bench_reused_instance(hello_request(), n)
         .await
         .expect("reused dispatch");
-    results.insert(
-        "reused_call".into(),
-        row(&mut table, "reused instance: dispatch", &mut reused),
-    );
+    let reused_p50 = report.add("reused_call", "reused instance: dispatch", &mut reused);
 
     // 3. A native CPython process per request: the interpreter itself (not
     // a version-manager shim in front of it), with bytecode caching on and
@@ -209,10 +207,8 @@ async fn main() {
     };
     native_once();
     let mut native: Vec<Duration> = (0..40).map(|_| native_once()).collect();
-    results.insert(
-        "native_process".into(),
-        row(&mut table, "native python3 process", &mut native),
-    );
+    let native_p50 = report.add("native_process", "native python3 process", &mut native);
+    report.results.insert("native_python".into(), json!(python));
 
     // 5. Cold paths: the CLI on a cache hit, and builds on a miss.
     let mut cli_hit: Vec<Duration> = (0..30)
@@ -225,10 +221,7 @@ async fn main() {
             )
         })
         .collect();
-    results.insert(
-        "cli_cache_hit".into(),
-        row(&mut table, "pycage run (cache hit)", &mut cli_hit),
-    );
+    report.add("cli_cache_hit", "pycage run (cache hit)", &mut cli_hit);
     let empty = tempfile::tempdir().unwrap();
     let build = |handler: &Path| {
         time_command(
@@ -240,34 +233,23 @@ async fn main() {
     };
     let mut first_build = vec![build(&hello)];
     let mut handler_build = vec![build(&repo().join("fixtures/api"))];
-    results.insert(
-        "build_empty_cache".into(),
-        row(
-            &mut table,
-            "build, empty cache (with stdlib)",
-            &mut first_build,
-        ),
+    report.add(
+        "build_empty_cache",
+        "build, empty cache (with stdlib)",
+        &mut first_build,
     );
-    results.insert(
-        "build_miss".into(),
-        row(&mut table, "build, handler miss", &mut handler_build),
-    );
+    report.add("build_miss", "build, handler miss", &mut handler_build);
 
     // 4. Memory.
     let memory = memory(&runtime, 64).await;
 
-    let (fresh_p50, reused_p50, native_p50) = (
-        results["fresh_total"]["p50_us"].as_f64().unwrap(),
-        results["reused_call"]["p50_us"].as_f64().unwrap(),
-        results["native_process"]["p50_us"].as_f64().unwrap(),
-    );
     let overhead = fresh_p50 - reused_p50;
     println!(
         "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores, {keep_resident_mib} MiB kept resident per slot",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("{:<36} {:>12} {:>12}", "what", "p50", "p99");
-    for (what, p50, p99) in &table {
+    for (what, p50, p99) in &report.table {
         let unit = |us: f64| {
             if us >= 10_000.0 {
                 format!("{:.1} ms", us / 1000.0)
@@ -289,6 +271,7 @@ async fn main() {
         memory["live_instances"],
         memory["per_instance_kib"]
     );
+    let mut results = report.results;
     results.insert("fresh_overhead_p50_us".into(), json!(overhead));
     results.insert("keep_resident_mib".into(), json!(keep_resident_mib));
     results.insert("memory".into(), memory);
