@@ -13,7 +13,9 @@
 //! HTTP throughput is measured by `scripts/bench-serve.sh`; `scripts/bench.sh`
 //! runs both. Usage (release build):
 //!
-//!     bench PYCAGE_BINARY JSON_OUT [ITERATIONS]
+//!     bench PYCAGE_BINARY JSON_OUT [ITERATIONS] [--quick]
+//!
+//! `--quick` measures only 1 and 2, for trying a lever.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -154,9 +156,11 @@ fn time_command(command: &mut Command) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    args.retain(|a| a != "--quick");
     if args.len() < 3 {
-        eprintln!("usage: bench PYCAGE_BINARY JSON_OUT [ITERATIONS]");
+        eprintln!("usage: bench PYCAGE_BINARY JSON_OUT [ITERATIONS] [--quick]");
         std::process::exit(2);
     }
     let pycage = PathBuf::from(&args[1]);
@@ -192,6 +196,64 @@ async fn main() {
         .expect("reused dispatch");
     let reused_p50 = report.add("reused_call", "reused instance: dispatch", &mut reused);
 
+    let slow = if quick {
+        None
+    } else {
+        Some(slow_paths(&runtime, &pycage, &hello, &mut report).await)
+    };
+
+    let overhead = fresh_p50 - reused_p50;
+    println!(
+        "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores, {keep_resident_mib} MiB kept resident per slot",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{:<36} {:>12} {:>12}", "what", "p50", "p99");
+    for (what, p50, p99) in &report.table {
+        let unit = |us: f64| {
+            if us >= 10_000.0 {
+                format!("{:.1} ms", us / 1000.0)
+            } else {
+                format!("{us:.0} µs")
+            }
+        };
+        println!("{what:<36} {:>12} {:>12}", unit(*p50), unit(*p99));
+    }
+    println!(
+        "fresh-instance overhead (fresh total - reused dispatch, p50): {overhead:.0} µs; fresh/reused {:.1}x",
+        fresh_p50 / reused_p50,
+    );
+    let mut results = report.results;
+    if let Some((native_p50, memory)) = slow {
+        println!(
+            "native process/fresh {:.1}x; memory: {} MiB idle; {} MiB with {} instances in flight; {} KiB per live instance",
+            native_p50 / fresh_p50,
+            memory["idle_rss_mib"],
+            memory["rss_at_live_mib"],
+            memory["live_instances"],
+            memory["per_instance_kib"]
+        );
+        results.insert("memory".into(), memory);
+    }
+    results.insert("fresh_overhead_p50_us".into(), json!(overhead));
+    results.insert("keep_resident_mib".into(), json!(keep_resident_mib));
+    if let Some(parent) = json_out.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(
+        &json_out,
+        serde_json::to_vec_pretty(&Value::Object(results)).unwrap(),
+    )
+    .unwrap();
+    println!("wrote {}", json_out.display());
+}
+
+/// 3, 4 and 5: the native baseline, memory and the cold paths (slow).
+async fn slow_paths(
+    runtime: &Runtime,
+    pycage: &Path,
+    hello: &Path,
+    report: &mut Report,
+) -> (f64, Value) {
     // 3. A native CPython process per request: the interpreter itself (not
     // a version-manager shim in front of it), with bytecode caching on and
     // warmed, as a deployed service would have it.
@@ -214,9 +276,9 @@ async fn main() {
     let mut cli_hit: Vec<Duration> = (0..30)
         .map(|_| {
             time_command(
-                Command::new(&pycage)
+                Command::new(pycage)
                     .args(["-q", "run"])
-                    .arg(&hello)
+                    .arg(hello)
                     .args(["--path", "/hello/ada"]),
             )
         })
@@ -225,13 +287,13 @@ async fn main() {
     let empty = tempfile::tempdir().unwrap();
     let build = |handler: &Path| {
         time_command(
-            Command::new(&pycage)
+            Command::new(pycage)
                 .args(["-q", "build"])
                 .arg(handler)
                 .env("PYCAGE_CACHE_DIR", empty.path()),
         )
     };
-    let mut first_build = vec![build(&hello)];
+    let mut first_build = vec![build(hello)];
     let mut handler_build = vec![build(&repo().join("fixtures/api"))];
     report.add(
         "build_empty_cache",
@@ -241,47 +303,6 @@ async fn main() {
     report.add("build_miss", "build, handler miss", &mut handler_build);
 
     // 4. Memory.
-    let memory = memory(&runtime, 64).await;
-
-    let overhead = fresh_p50 - reused_p50;
-    println!(
-        "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores, {keep_resident_mib} MiB kept resident per slot",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    println!("{:<36} {:>12} {:>12}", "what", "p50", "p99");
-    for (what, p50, p99) in &report.table {
-        let unit = |us: f64| {
-            if us >= 10_000.0 {
-                format!("{:.1} ms", us / 1000.0)
-            } else {
-                format!("{us:.0} µs")
-            }
-        };
-        println!("{what:<36} {:>12} {:>12}", unit(*p50), unit(*p99));
-    }
-    println!(
-        "fresh-instance overhead (fresh total - reused dispatch, p50): {overhead:.0} µs; fresh/reused {:.1}x; native process/fresh {:.1}x",
-        fresh_p50 / reused_p50,
-        native_p50 / fresh_p50
-    );
-    println!(
-        "memory: {} MiB idle; {} MiB with {} instances in flight; {} KiB per live instance",
-        memory["idle_rss_mib"],
-        memory["rss_at_live_mib"],
-        memory["live_instances"],
-        memory["per_instance_kib"]
-    );
-    let mut results = report.results;
-    results.insert("fresh_overhead_p50_us".into(), json!(overhead));
-    results.insert("keep_resident_mib".into(), json!(keep_resident_mib));
-    results.insert("memory".into(), memory);
-    if let Some(parent) = json_out.parent() {
-        std::fs::create_dir_all(parent).unwrap();
-    }
-    std::fs::write(
-        &json_out,
-        serde_json::to_vec_pretty(&Value::Object(results)).unwrap(),
-    )
-    .unwrap();
-    println!("wrote {}", json_out.display());
+    let memory = memory(runtime, 64).await;
+    (native_p50, memory)
 }

@@ -42,6 +42,11 @@ impl Failure {
 pub fn execute(cli: Cli) -> Result<ExitCode, Failure> {
     let reporter = Reporter::new(cli.quiet);
     let cache = || Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root));
+    // `serve` always logs; the one-shot commands only when asked, so that
+    // their stderr stays the handler's and pycage's own messages.
+    if std::env::var_os("PYCAGE_LOG").is_some() && !matches!(cli.command, Command::Serve(_)) {
+        init_logging();
+    }
     match cli.command {
         Command::Run(args) => run(cache(), &reporter, args),
         Command::Routes(args) => routes(cache(), &reporter, args),
