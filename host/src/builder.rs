@@ -14,6 +14,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use crate::cache::{self, Cache};
+use crate::code_cache::{CODE_CACHE_LIMIT, CodeCache};
 use crate::deps::{self, Layer};
 use crate::error::LoadError;
 use crate::guest;
@@ -241,6 +242,7 @@ fn build_into(
     // layers (see deps::Layer::mount).
     let mut python_path = vec![framework.as_path(), app.as_path()];
     python_path.extend(layer_dirs.iter().map(PathBuf::as_path));
+    let phase = Instant::now();
     let generated = componentize(
         &wit_dir,
         &python_path,
@@ -279,7 +281,9 @@ fn build_into(
         }
         (Some(_), Ok(())) => (),
     };
-
+    tracing::debug!(elapsed = ?phase.elapsed(), "componentize-py generated the component");
+    let phase = Instant::now();
+    CodeCache::new(cache.code_dir()).trim(CODE_CACHE_LIMIT);
     let component = Component::from_file(engine, &wasm).map_err(|source| LoadError::Compile {
         path: wasm.clone(),
         source,
@@ -290,6 +294,7 @@ fn build_into(
         source,
     })?;
     fs::write(scratch.join(ARTIFACT), artifact).map_err(io(scratch))?;
+    tracing::debug!(elapsed = ?phase.elapsed(), "compiled and serialised the component");
     let meta = Meta {
         pycage_version: env!("CARGO_PKG_VERSION").into(),
         wit_version: wit::WIT_VERSION.into(),

@@ -10,6 +10,7 @@
 //! handlers/<key>/layers/<n>/  copies of the dependency layers (read-only mounts at /<n>)
 //! layers/<key>/site-packages/ dependencies installed from a pyproject.toml (shared)
 //! layers/<key>/layer.json     what the installer put there
+//! code/<xx>/<hash>            Cranelift's compiled functions, shared by all builds
 //! ```
 //!
 //! Entries are built in a temporary sibling directory and renamed into place,
@@ -66,6 +67,11 @@ impl Cache {
 
     pub(crate) fn layer_dir(&self, key: &str) -> PathBuf {
         self.root.join("layers").join(key)
+    }
+
+    /// Cranelift's incremental compilation cache (see `code_cache`).
+    pub(crate) fn code_dir(&self) -> PathBuf {
+        self.root.join("code")
     }
 
     pub(crate) fn stdlib_dir(&self) -> PathBuf {

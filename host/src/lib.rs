@@ -15,7 +15,8 @@
 //!
 //! How the pieces fit:
 //! - [`stage`] reads the handler's files; [`cache`] keys and stores built images;
-//!   [`builder`] runs componentize-py and Cranelift on a cache miss.
+//!   [`builder`] runs componentize-py and Cranelift on a cache miss (Cranelift
+//!   reuses the functions it compiled before from `code_cache`).
 //! - [`Runtime`] holds the engine and linker; [`Handler`] is a loaded image.
 //! - [`sandbox`] runs one request in a fresh Store with read-only mounts and
 //!   [`Limits`]; [`http`] validates what crosses the boundary.
@@ -28,6 +29,8 @@
 pub mod builder;
 #[cfg(feature = "runtime")]
 pub mod cache;
+#[cfg(feature = "runtime")]
+mod code_cache;
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod deps;

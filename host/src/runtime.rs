@@ -12,6 +12,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::builder::{self, Built, LoadEvent};
 use crate::cache::Cache;
+use crate::code_cache::CodeCache;
 use crate::error::{DispatchError, LoadError};
 use crate::http::Request;
 use crate::limits::Limits;
@@ -120,6 +121,9 @@ fn engine_config(config: &RuntimeConfig) -> Config {
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // Only compilation consults it; requests never do.
+    wasm.enable_incremental_compilation(Arc::new(CodeCache::new(config.cache.code_dir())))
+        .expect("the engine has a compiler");
     wasm
 }
 

@@ -93,6 +93,17 @@ fn missing_paths_and_wrong_files_are_refused_before_building() {
     ));
 }
 
+/// Functions in the shared compiled-code cache (`<cache>/code/<xx>/<hash>`).
+fn code_cache_entries() -> usize {
+    fs::read_dir(cache_dir().join("code"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fan_out| fs::read_dir(fan_out.path()).ok())
+        .map(|entries| entries.count())
+        .sum()
+}
+
 #[tokio::test]
 async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,12 +135,21 @@ async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
     assert_eq!(ok(&get(&second, "/").await).body, b"one");
 
     fs::write(&handler_path, source("two")).unwrap();
+    let compiled_before = code_cache_entries();
     let changed = runtime
         .load(&handler_path, &LoadOptions::default(), &count)
         .unwrap();
     assert!(!changed.cache_hit());
     assert_eq!(*builds.borrow(), 2);
     assert_eq!(ok(&get(&changed, "/").await).body, b"two");
+    // The rebuild reused the functions Cranelift compiled for the first
+    // build (libpython is the same) and added only a few new ones. Other
+    // tests building at the same time add a few hundred each, far below.
+    let added = code_cache_entries() - compiled_before;
+    assert!(
+        compiled_before > 10_000 && added < compiled_before / 5,
+        "{compiled_before} compiled functions cached before the rebuild, {added} added by it"
+    );
     // The user's directory was never written to.
     let names: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
