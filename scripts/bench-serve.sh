@@ -6,15 +6,20 @@
 #   scripts/bench-serve.sh [seconds-per-run]      (needs wrk: apt-get install wrk)
 #
 # Builds pycage in release mode, starts it on a free port, runs wrk, stops it.
+# PYCAGE=/path/to/pycage measures that binary instead (e.g. an older build,
+# for a before/after comparison in one sitting).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10}"
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 2; }
 
-cargo build --release --quiet
-source scripts/lib.sh
-target_dir="$(target_dir)"
-pycage="$target_dir/release/pycage"
+if [[ -n "${PYCAGE:-}" ]]; then
+    pycage="$PYCAGE"
+else
+    cargo build --release --quiet
+    source scripts/lib.sh
+    pycage="$(target_dir)/release/pycage"
+fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 echo "pycage $("$pycage" --version | cut -d' ' -f2), $(nproc) cores, ${duration}s per run"

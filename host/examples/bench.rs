@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pycage::{Cache, Handler, Limits, LoadOptions, Request, Runtime, RuntimeConfig};
+use pycage::{Cache, Handler, Limits, LoadOptions, Request, Runtime, RuntimeConfig, Teardown};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -176,18 +176,40 @@ async fn main() {
         config.keep_resident_bytes = mib.parse::<usize>().expect("MiB") << 20;
     }
     let keep_resident_mib = config.keep_resident_bytes >> 20;
-    let runtime = Runtime::with_config(config).expect("runtime");
-    let handler = runtime
-        .load(&hello, &LoadOptions::default(), &|_| {})
-        .expect("hello fixture");
-    fresh_instances(&handler, 200).await; // warm the pool slots and caches
+    let load = |teardown| {
+        let runtime = Runtime::with_config(RuntimeConfig {
+            teardown,
+            ..config.clone()
+        })
+        .expect("runtime");
+        let handler = runtime
+            .load(&hello, &LoadOptions::default(), &|_| {})
+            .expect("hello fixture");
+        (runtime, handler)
+    };
 
-    // 1. A fresh instance per request, and where its time goes.
-    let [mut total, mut inst, mut call, mut teardown] = fresh_instances(&handler, n).await;
-    let fresh_p50 = report.add("fresh_total", "fresh instance: total", &mut total);
+    // 1. A fresh instance per request: first with the teardown inside the
+    // request, to split where the time goes, then as served (the default),
+    // with the teardown after the response.
+    let (_inline_runtime, inline) = load(Teardown::Inline);
+    fresh_instances(&inline, 200).await; // warm the pool slots and caches
+    let [mut total, mut inst, mut call, mut teardown] = fresh_instances(&inline, n).await;
+    let inline_p50 = report.add(
+        "fresh_total_inline_teardown",
+        "fresh instance, teardown inline",
+        &mut total,
+    );
     report.add("fresh_instantiate", "  instantiate", &mut inst);
     report.add("fresh_call", "  dispatch call", &mut call);
     report.add("fresh_teardown", "  teardown", &mut teardown);
+    let (runtime, handler) = load(Teardown::Background);
+    fresh_instances(&handler, 200).await;
+    let [mut total, ..] = fresh_instances(&handler, n).await;
+    let fresh_p50 = report.add(
+        "fresh_total",
+        "fresh instance (default: teardown after)",
+        &mut total,
+    );
 
     // 2. The same dispatch on one reused instance.
     let mut reused = handler
@@ -202,7 +224,10 @@ async fn main() {
         Some(slow_paths(&runtime, &pycage, &hello, &mut report).await)
     };
 
+    // What a request waits for beyond the Python work itself, and what the
+    // machine spends on it (the teardown included).
     let overhead = fresh_p50 - reused_p50;
+    let overhead_inline = inline_p50 - reused_p50;
     println!(
         "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores, {keep_resident_mib} MiB kept resident per slot",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -219,7 +244,7 @@ async fn main() {
         println!("{what:<36} {:>12} {:>12}", unit(*p50), unit(*p99));
     }
     println!(
-        "fresh-instance overhead (fresh total - reused dispatch, p50): {overhead:.0} µs; fresh/reused {:.1}x",
+        "fresh-instance overhead (fresh - reused dispatch, p50): {overhead:.0} µs as served, {overhead_inline:.0} µs with the teardown inline; fresh/reused {:.1}x",
         fresh_p50 / reused_p50,
     );
     let mut results = report.results;
@@ -235,6 +260,10 @@ async fn main() {
         results.insert("memory".into(), memory);
     }
     results.insert("fresh_overhead_p50_us".into(), json!(overhead));
+    results.insert(
+        "fresh_overhead_inline_teardown_p50_us".into(),
+        json!(overhead_inline),
+    );
     results.insert("keep_resident_mib".into(), json!(keep_resident_mib));
     if let Some(parent) = json_out.parent() {
         std::fs::create_dir_all(parent).unwrap();

@@ -60,6 +60,6 @@ pub use limits::Limits;
 #[cfg(feature = "runtime")]
 pub use output::CapturedOutput;
 #[cfg(feature = "runtime")]
-pub use runtime::{Handler, LoadOptions, Runtime, RuntimeConfig};
+pub use runtime::{Handler, LoadOptions, Runtime, RuntimeConfig, Teardown};
 #[cfg(feature = "runtime")]
 pub use sandbox::{Exchange, Timings};

@@ -3,8 +3,12 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::{get, handler, header, json, ok, send};
-use pycage::{DispatchError, Request};
+use pycage::{
+    Cache, DispatchError, Handler, LoadOptions, Request, Runtime, RuntimeConfig, Teardown,
+};
 use serde_json::json;
 
 #[tokio::test]
@@ -21,15 +25,30 @@ async fn hello_example_answers_with_json() {
     assert_eq!(response.body, br#"{"hello": "ada", "agent": "demo"}"#);
 }
 
+/// A runtime of its own over the shared test cache, and hello loaded in it.
+fn hello_in(config: impl FnOnce(&mut RuntimeConfig)) -> (Runtime, Handler) {
+    let mut settings = RuntimeConfig::new(Cache::new(common::cache_dir()));
+    config(&mut settings);
+    let runtime = Runtime::with_config(settings).unwrap();
+    let handler = runtime
+        .load(
+            &common::fixture("hello/hello.py"),
+            &LoadOptions::default(),
+            &|_| {},
+        )
+        .unwrap();
+    (runtime, handler)
+}
+
 #[tokio::test]
 async fn an_exchange_reports_where_its_time_went() {
-    let h = handler("hello/hello.py");
+    let (_runtime, h) = hello_in(|c| c.teardown = Teardown::Inline);
     let exchange = get(&h, "/hello/ada").await;
     ok(&exchange);
     let t = exchange.timings;
-    assert!(t.instantiate > std::time::Duration::ZERO, "{t:?}");
-    assert!(t.call > std::time::Duration::ZERO, "{t:?}");
-    assert!(t.teardown > std::time::Duration::ZERO, "{t:?}");
+    assert!(t.instantiate > Duration::ZERO, "{t:?}");
+    assert!(t.call > Duration::ZERO, "{t:?}");
+    assert!(t.teardown > Duration::ZERO, "{t:?}");
     assert_eq!(exchange.elapsed, t.instantiate + t.call);
     // A request refused before any instance has no phases at all.
     let refused = h
@@ -44,6 +63,37 @@ async fn an_exchange_reports_where_its_time_went() {
         Err(DispatchError::RequestTooLarge { .. })
     ));
     assert_eq!(refused.timings, pycage::Timings::default());
+}
+
+/// By default the instance is torn down after the exchange is returned, and
+/// its slot stays taken until then: with a single slot, back-to-back
+/// requests wait for the previous teardown instead of finding the pool full.
+#[tokio::test]
+async fn background_teardown_holds_the_slot_until_it_is_done() {
+    let (runtime, h) = hello_in(|c| c.max_instances = 1);
+    for _ in 0..20 {
+        let exchange = get(&h, "/hello/ada").await;
+        ok(&exchange);
+        assert_eq!(exchange.timings.teardown, Duration::ZERO);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while runtime.instances_in_use() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the last slot was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Concurrent requests too: each queues for the one slot, none fails.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move { get(&h, "/hello/ada").await })
+        })
+        .collect();
+    for task in tasks {
+        ok(&task.await.unwrap());
+    }
 }
 
 #[tokio::test]
