@@ -191,7 +191,7 @@ async fn main() {
     // 1. A fresh instance per request: first with the teardown inside the
     // request, to split where the time goes, then as served (the default),
     // with the teardown after the response.
-    let (_inline_runtime, inline) = load(Teardown::Inline);
+    let (inline_runtime, inline) = load(Teardown::Inline);
     fresh_instances(&inline, 200).await; // warm the pool slots and caches
     let [mut total, mut inst, mut call, mut teardown] = fresh_instances(&inline, n).await;
     let inline_p50 = report.add(
@@ -202,6 +202,8 @@ async fn main() {
     report.add("fresh_instantiate", "  instantiate", &mut inst);
     report.add("fresh_call", "  dispatch call", &mut call);
     report.add("fresh_teardown", "  teardown", &mut teardown);
+    // Its pool's resident memory must not count in the memory figures.
+    drop((inline, inline_runtime));
     let (runtime, handler) = load(Teardown::Background);
     fresh_instances(&handler, 200).await;
     let [mut total, ..] = fresh_instances(&handler, n).await;
@@ -219,6 +221,11 @@ async fn main() {
     let reused_p50 = report.add("reused_call", "reused instance: dispatch", &mut reused);
 
     let slow = if quick {
+        eprintln!(
+            "RSS after the series: {} MiB, {} instances in use",
+            rss_kib() / 1024,
+            runtime.instances_in_use()
+        );
         None
     } else {
         Some(slow_paths(&runtime, &pycage, &hello, &mut report).await)
@@ -232,16 +239,18 @@ async fn main() {
         "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores, {keep_resident_mib} MiB kept resident per slot",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("{:<36} {:>12} {:>12}", "what", "p50", "p99");
+    println!("{:<42} {:>12} {:>12}", "what", "p50", "p99");
     for (what, p50, p99) in &report.table {
         let unit = |us: f64| {
-            if us >= 10_000.0 {
+            if us >= 10_000_000.0 {
+                format!("{:.1} s", us / 1e6)
+            } else if us >= 10_000.0 {
                 format!("{:.1} ms", us / 1000.0)
             } else {
                 format!("{us:.0} µs")
             }
         };
-        println!("{what:<36} {:>12} {:>12}", unit(*p50), unit(*p99));
+        println!("{what:<42} {:>12} {:>12}", unit(*p50), unit(*p99));
     }
     println!(
         "fresh-instance overhead (fresh - reused dispatch, p50): {overhead:.0} µs as served, {overhead_inline:.0} µs with the teardown inline; fresh/reused {:.1}x",
