@@ -193,6 +193,11 @@ def _load():
     return [wit.Route(pattern=r.pattern, methods=list(r.methods), handler=r.name) for r in routes]
 
 
+# Enough runs for CPython's adaptive interpreter to specialise the
+# framework's bytecode, so that the snapshot holds it specialised.
+_WARM_RUNS = 20
+
+
 def _warm_framework():
     """Run the framework's own request path once at build time.
 
@@ -212,7 +217,8 @@ def _warm_framework():
 
 
 _ROUTES = _load()
-_warm_framework()
+for _ in range(_WARM_RUNS):
+    _warm_framework()
 
 
 def _exception_error(exc):

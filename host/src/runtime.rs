@@ -175,7 +175,8 @@ impl Runtime {
         &self.config.cache
     }
 
-    /// Instances live right now, across all handlers.
+    /// Instances holding a pool slot right now, across all handlers:
+    /// running, or finished and still being torn down.
     pub fn instances_in_use(&self) -> usize {
         self.config.max_instances.max(1) as usize - self.slots.available_permits()
     }
