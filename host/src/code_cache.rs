@@ -3,7 +3,7 @@
 //! Every handler image contains the same libpython, libc and runtime glue;
 //! only the small bindings module and the memory snapshot differ. Cranelift
 //! keys each function by a hash of its IR and the target, so a handler-miss
-//! build finds almost all of its ~20,000 functions here and compiles only
+//! build finds almost all of its ~15,000 functions here and compiles only
 //! what is new (measured in the README's performance section).
 //!
 //! Entries are native code that is used without validation, like the cached
