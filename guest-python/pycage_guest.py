@@ -199,7 +199,7 @@ _WARM_RUNS = 20
 
 
 def _warm_framework():
-    """Run the framework's own request path once at build time.
+    """Run the framework's own request path at build time.
 
     Caches it fills on first use (ABC subclass checks behind isinstance,
     parsed query strings, the JSON encoder) then live in the snapshot instead
