@@ -44,7 +44,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, Failure> {
     let cache = || Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root));
     // `serve` always logs; the one-shot commands only when asked, so that
     // their stderr stays the handler's and pycage's own messages.
-    if std::env::var_os("PYCAGE_LOG").is_some() && !matches!(cli.command, Command::Serve(_)) {
+    if matches!(cli.command, Command::Serve(_)) || std::env::var_os("PYCAGE_LOG").is_some() {
         init_logging();
     }
     match cli.command {
@@ -254,7 +254,6 @@ fn serve(
     reporter: &Reporter,
     args: ServeArgs,
 ) -> Result<ExitCode, Failure> {
-    init_logging();
     let config = serve_config(&args)?;
     let cache_root = cache_dir
         .or(config.cache_dir.clone())
