@@ -16,9 +16,8 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 if [[ -n "${PYCAGE:-}" ]]; then
     pycage="$PYCAGE"
 else
-    cargo build --release --quiet
     source scripts/lib.sh
-    pycage="$(target_dir)/release/pycage"
+    pycage="$(release_dir --bin pycage)/pycage"
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 

@@ -9,10 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 iterations="${1:-2000}"
 seconds="${2:-10}"
-cargo build --release --quiet --bin pycage --example bench
 source scripts/lib.sh
-target_dir="$(target_dir)"
-"$target_dir/release/pycage" -q build fixtures/hello/hello.py >/dev/null
-"$target_dir/release/examples/bench" "$target_dir/release/pycage" "$target_dir/bench/latest.json" "$iterations"
+release="$(release_dir --bin pycage --example bench)"
+"$release/pycage" -q build fixtures/hello/hello.py >/dev/null
+"$release/examples/bench" "$release/pycage" "$(dirname "$release")/bench/latest.json" "$iterations"
 echo
 scripts/bench-serve.sh "$seconds"

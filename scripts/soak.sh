@@ -10,11 +10,10 @@ cd "$(dirname "$0")/.."
 requests="${1:-100000}"
 concurrency="${2:-64}"
 
-cargo build --release --quiet --bin pycage --example soak
 source scripts/lib.sh
-target_dir="$(target_dir)"
+release="$(release_dir --bin pycage --example soak)"
 log="$(mktemp)"
-"$target_dir/release/pycage" serve --config fixtures/soak.toml 2>"$log" &
+"$release/pycage" serve --config fixtures/soak.toml 2>"$log" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 600); do
@@ -26,4 +25,4 @@ line="$(grep -m1 "listening on" "$log")" || { echo "the server did not start in 
 addr="$(sed -E 's/.*listening on http:\/\/([^ ]+).*/\1/' <<<"$line")"
 metrics="$(sed -E 's/.*metrics on http:\/\/([^/]+)\/metrics.*/\1/' <<<"$line")"
 echo "server pid $server at $addr, metrics at $metrics"
-"$target_dir/release/examples/soak" "$addr" "$server" "$metrics" "$requests" "$concurrency"
+"$release/examples/soak" "$addr" "$server" "$metrics" "$requests" "$concurrency"
