@@ -17,6 +17,7 @@ use crate::cache::{self, Cache};
 use crate::code_cache::{CODE_CACHE_LIMIT, CodeCache};
 use crate::deps::{self, Layer};
 use crate::error::LoadError;
+use crate::flatten;
 use crate::guest;
 use crate::stage::{HandlerSource, Snapshot};
 use crate::wit;
@@ -38,6 +39,9 @@ pub(crate) struct Meta {
     /// How many dependency layers are mounted (at /2, /3, ...).
     #[serde(default)]
     pub layers: usize,
+    /// How many core modules `flatten` merged into one (0: kept apart).
+    #[serde(default)]
+    pub merged_modules: usize,
 }
 
 /// Progress and diagnostics while loading; the CLI prints them, an embedder
@@ -284,7 +288,18 @@ fn build_into(
     tracing::debug!(elapsed = ?phase.elapsed(), "componentize-py generated the component");
     let phase = Instant::now();
     CodeCache::new(cache.code_dir()).trim(CODE_CACHE_LIMIT);
-    let component = Component::from_file(engine, &wasm).map_err(|source| LoadError::Compile {
+    let generated = fs::read(&wasm).map_err(io(&wasm))?;
+    // Fail open: an unflattened component is slower per request, not wrong.
+    let (bytes, merged_modules) = match flatten::flatten(&generated) {
+        Ok(flat) => (flat.bytes, flat.merged_modules),
+        Err(error) => {
+            tracing::warn!(%error, path = %wasm.display(), "kept the component's core modules apart");
+            (generated, 0)
+        }
+    };
+    tracing::debug!(elapsed = ?phase.elapsed(), merged_modules, "flattened the component");
+    let phase = Instant::now();
+    let component = Component::new(engine, &bytes).map_err(|source| LoadError::Compile {
         path: wasm.clone(),
         source,
     })?;
@@ -300,6 +315,7 @@ fn build_into(
         wit_version: wit::WIT_VERSION.into(),
         entry_module: source.entry_module.clone(),
         layers: layer_dirs.len(),
+        merged_modules,
     };
     let meta_json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
     fs::write(scratch.join(META), meta_json).map_err(io(scratch))?;

@@ -36,6 +36,8 @@ pub mod config;
 pub mod deps;
 pub mod error;
 #[cfg(feature = "runtime")]
+mod flatten;
+#[cfg(feature = "runtime")]
 pub mod guest;
 pub mod http;
 pub mod limits;

@@ -112,11 +112,14 @@ pub struct LoadOptions {
 }
 
 /// Shape of the pre-initialised CPython component, for sizing the pool:
-/// it has ~14 core instances, a few memories and 2 tables; the margins
-/// leave room for toolchain changes.
+/// after `flatten` it has 3 core instances, 1 memory and 2 tables, both in
+/// one module (an unflattened one has ~14 instances); the margins leave room
+/// for toolchain changes.
 const CORE_INSTANCES_PER_SANDBOX: u32 = 32;
 const MEMORIES_PER_SANDBOX: u32 = 4;
 const TABLES_PER_SANDBOX: u32 = 4;
+/// The function table and wit-component's indirect-call table.
+const TABLES_PER_MODULE: u32 = 2;
 /// libpython's function table has ~5,700 entries; this bounds its growth.
 pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 16;
 
@@ -130,6 +133,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .max_memories_per_component(MEMORIES_PER_SANDBOX)
         .total_tables(n * TABLES_PER_SANDBOX)
         .max_tables_per_component(TABLES_PER_SANDBOX)
+        .max_tables_per_module(TABLES_PER_MODULE)
         .table_elements(MAX_TABLE_ELEMENTS)
         .total_stacks(n)
         // Reset reused slots by copying instead of unmapping: the next request
