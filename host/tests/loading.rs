@@ -131,6 +131,11 @@ async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
         .unwrap();
     assert!(!first.cache_hit());
     assert!(second.cache_hit());
+    // The image is flattened: CPython's core modules were merged into one
+    // (the per-request speed depends on it; see host/src/flatten).
+    let meta = fs::read(first.app_dir().parent().unwrap().join("meta.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    assert!(meta["merged_modules"].as_u64().unwrap() > 10, "{meta}");
     assert_eq!(*builds.borrow(), 1, "the second load must not build");
     assert_eq!(ok(&get(&second, "/").await).body, b"one");
 
