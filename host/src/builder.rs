@@ -290,7 +290,10 @@ fn build_into(
     CodeCache::new(cache.code_dir()).trim(CODE_CACHE_LIMIT);
     let generated = fs::read(&wasm).map_err(io(&wasm))?;
     // Fail open: an unflattened component is slower per request, not wrong.
-    let (bytes, merged_modules) = match flatten::flatten(&generated) {
+    // A bug there must cost speed, not the build (or a server loading it).
+    let flattened = std::panic::catch_unwind(|| flatten::flatten(&generated))
+        .unwrap_or_else(|_| Err(flatten::FlattenError::Unsupported("it panicked".into())));
+    let (bytes, merged_modules) = match flattened {
         Ok(flat) => (flat.bytes, flat.merged_modules),
         Err(error) => {
             tracing::warn!(%error, path = %wasm.display(), "kept the component's core modules apart");

@@ -226,6 +226,19 @@ impl<'a> Graph<'a> {
                                     "a nested component with core items",
                                 ));
                             }
+                            Payload::ComponentAliasSection(aliases) => {
+                                for alias in aliases {
+                                    if let ComponentAlias::Outer {
+                                        kind: ComponentOuterAliasKind::CoreModule,
+                                        ..
+                                    } = alias?
+                                    {
+                                        return Err(FlattenError::unsupported(
+                                            "a nested component aliasing a module",
+                                        ));
+                                    }
+                                }
+                            }
                             _ => (),
                         }
                     }
