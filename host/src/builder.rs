@@ -17,7 +17,7 @@ use crate::cache::{self, Cache};
 use crate::code_cache::{CODE_CACHE_LIMIT, CodeCache};
 use crate::deps::{self, Layer};
 use crate::error::LoadError;
-use crate::flatten;
+use crate::flatten::{self, FlattenError};
 use crate::guest;
 use crate::stage::{HandlerSource, Snapshot};
 use crate::wit;
@@ -289,30 +289,14 @@ fn build_into(
     let phase = Instant::now();
     CodeCache::new(cache.code_dir()).trim(CODE_CACHE_LIMIT);
     let generated = fs::read(&wasm).map_err(io(&wasm))?;
-    // Fail open: an unflattened component is slower per request, not wrong.
-    // A bug there must cost speed, not the build (or a server loading it).
-    let flattened = std::panic::catch_unwind(|| flatten::flatten(&generated))
-        .unwrap_or_else(|_| Err(flatten::FlattenError::Unsupported("it panicked".into())));
-    let (bytes, merged_modules) = match flattened {
-        Ok(flat) => (flat.bytes, flat.merged_modules),
-        Err(error) => {
-            tracing::warn!(%error, path = %wasm.display(), "kept the component's core modules apart");
-            (generated, 0)
-        }
-    };
-    tracing::debug!(elapsed = ?phase.elapsed(), merged_modules, "flattened the component");
-    let phase = Instant::now();
-    let component = Component::new(engine, &bytes).map_err(|source| LoadError::Compile {
-        path: wasm.clone(),
-        source,
-    })?;
+    let (component, merged_modules) = compile(engine, &generated, &wasm)?;
     check_wit(engine, &component, source.path.clone())?;
     let artifact = component.serialize().map_err(|source| LoadError::Compile {
         path: wasm.clone(),
         source,
     })?;
     fs::write(scratch.join(ARTIFACT), artifact).map_err(io(scratch))?;
-    tracing::debug!(elapsed = ?phase.elapsed(), "compiled and serialised the component");
+    tracing::debug!(elapsed = ?phase.elapsed(), merged_modules, "flattened, compiled and serialised the component");
     let meta = Meta {
         pycage_version: env!("CARGO_PKG_VERSION").into(),
         wit_version: wit::WIT_VERSION.into(),
@@ -327,6 +311,39 @@ fn build_into(
     }
     fs::remove_file(&wasm).map_err(io(&wasm))?;
     Ok(meta)
+}
+
+/// Compile the generated component, flattened when possible (see
+/// `flatten`). Fail open: an unflattened component is slower per request,
+/// not wrong, so a flattening bug (an error, a panic, or output wasmtime
+/// rejects) costs speed, not the build or a server loading the handler.
+fn compile(
+    engine: &Engine,
+    generated: &[u8],
+    path: &Path,
+) -> Result<(Component, usize), LoadError> {
+    let flattened = std::panic::catch_unwind(|| flatten::flatten(generated))
+        .unwrap_or_else(|_| Err(FlattenError::Unsupported("the pass panicked".into())));
+    match flattened {
+        Ok(flat) => match Component::new(engine, &flat.bytes) {
+            Ok(component) => return Ok((component, flat.merged_modules)),
+            Err(error) => tracing::warn!(
+                error = %format!("{error:#}"),
+                path = %path.display(),
+                "wasmtime rejected the flattened component; compiling it unmerged"
+            ),
+        },
+        Err(error) => tracing::warn!(
+            %error,
+            path = %path.display(),
+            "kept the component's core modules apart"
+        ),
+    }
+    let component = Component::new(engine, generated).map_err(|source| LoadError::Compile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((component, 0))
 }
 
 /// Export the stdlib with precompiled bytecode, once per toolchain.

@@ -315,11 +315,18 @@ impl Reencode for Remap<'_> {
     }
 }
 
+/// A folded integer constant, typed as wasm types it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Value {
+    I32(i32),
+    I64(i64),
+}
+
 /// Constant values of the merged module's immutable globals, as far as they
 /// are plain integer constants; used to fold segment offsets.
 struct Constants<'a> {
     inits: HashMap<u32, (usize, wasmparser::ConstExpr<'a>)>,
-    values: HashMap<u32, Option<i64>>,
+    values: HashMap<u32, Option<Value>>,
 }
 
 impl Constants<'_> {
@@ -328,33 +335,47 @@ impl Constants<'_> {
         layout: &Layout,
         module: usize,
         expr: &wasmparser::ConstExpr<'_>,
-    ) -> Option<i64> {
-        let mut stack: Vec<i64> = Vec::new();
+    ) -> Option<Value> {
+        let mut stack: Vec<Value> = Vec::new();
         let remap = Remap { layout, module };
         for op in expr.get_operators_reader() {
-            match op.ok()? {
-                Operator::I32Const { value } => stack.push(value.into()),
-                Operator::I64Const { value } => stack.push(value),
+            let value = match op.ok()? {
+                Operator::I32Const { value } => Value::I32(value),
+                Operator::I64Const { value } => Value::I64(value),
                 Operator::GlobalGet { global_index } => {
                     let merged = remap.index(Sort::Global, global_index).ok()?;
-                    stack.push(self.value(layout, merged)?);
+                    self.value(layout, merged)?
                 }
-                Operator::I32Add => {
-                    let (b, a) = (stack.pop()?, stack.pop()?);
-                    stack.push((a as i32).wrapping_add(b as i32).into());
+                op @ (Operator::I32Add | Operator::I32Sub) => {
+                    let (Value::I32(b), Value::I32(a)) = (stack.pop()?, stack.pop()?) else {
+                        return None;
+                    };
+                    Value::I32(match op {
+                        Operator::I32Add => a.wrapping_add(b),
+                        _ => a.wrapping_sub(b),
+                    })
                 }
-                Operator::I32Sub => {
-                    let (b, a) = (stack.pop()?, stack.pop()?);
-                    stack.push((a as i32).wrapping_sub(b as i32).into());
+                op @ (Operator::I64Add | Operator::I64Sub) => {
+                    let (Value::I64(b), Value::I64(a)) = (stack.pop()?, stack.pop()?) else {
+                        return None;
+                    };
+                    Value::I64(match op {
+                        Operator::I64Add => a.wrapping_add(b),
+                        _ => a.wrapping_sub(b),
+                    })
                 }
                 Operator::End => break,
                 _ => return None,
-            }
+            };
+            stack.push(value);
         }
-        (stack.len() == 1).then(|| stack[0])
+        match stack.as_slice() {
+            [value] => Some(*value),
+            _ => None,
+        }
     }
 
-    fn value(&mut self, layout: &Layout, global: u32) -> Option<i64> {
+    fn value(&mut self, layout: &Layout, global: u32) -> Option<Value> {
         if let Some(known) = self.values.get(&global) {
             return *known;
         }
@@ -365,6 +386,14 @@ impl Constants<'_> {
         self.values.insert(global, value);
         value
     }
+}
+
+/// Does the expression read a global? Only those need folding; the rest
+/// (float constants, `ref.func`...) are re-encoded as they are.
+fn reads_global(expr: &wasmparser::ConstExpr<'_>) -> bool {
+    expr.get_operators_reader()
+        .into_iter()
+        .any(|op| matches!(op, Ok(Operator::GlobalGet { .. })))
 }
 
 fn reencode_err(error: ReencodeError<String>) -> FlattenError {
@@ -426,8 +455,12 @@ pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
                 layout: &layout,
                 module: m,
             };
-            match constants.eval(&layout, m, expr) {
-                Some(value) => Ok(ConstExpr::i32_const(value as i32)),
+            let folded = reads_global(expr)
+                .then(|| constants.eval(&layout, m, expr))
+                .flatten();
+            match folded {
+                Some(Value::I32(value)) => Ok(ConstExpr::i32_const(value)),
+                Some(Value::I64(value)) => Ok(ConstExpr::i64_const(value)),
                 None => remap.const_expr(expr.clone()).map_err(reencode_err),
             }
         };

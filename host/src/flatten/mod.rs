@@ -969,6 +969,7 @@ mod tests {
         (table (export "table") 4 funcref)
         (global (export "lib:table_base") i32 (i32.const 2))
         (global (export "lib:memory_base") i32 (i32.const 100))
+        (global (export "big") i64 (i64.const 5000000000))
         (func $one (result i32) i32.const 1)
         (elem (i32.const 0) $one))
       (core module $lib
@@ -977,6 +978,9 @@ mod tests {
         (import "env" "__table_base" (global $tb i32))
         (import "env" "__memory_base" (global $mb i32))
         (import "host" "double" (func $double (param i32) (result i32)))
+        (import "env" "big" (global $big i64))
+        (global $copy i64 (global.get $big))
+        (func (export "big") (result i64) global.get $copy)
         (type $t (func (result i32)))
         (func $seven (result i32) i32.const 7)
         (elem (global.get $tb) $seven)
@@ -997,11 +1001,13 @@ mod tests {
       (alias core export $main "table" (core table $table))
       (alias core export $main "lib:table_base" (core global $tb))
       (alias core export $main "lib:memory_base" (core global $mb))
+      (alias core export $main "big" (core global $big))
       (core instance $env
         (export "memory" (memory $memory))
         (export "table" (table $table))
         (export "__table_base" (global $tb))
-        (export "__memory_base" (global $mb)))
+        (export "__memory_base" (global $mb))
+        (export "big" (global $big)))
       (core func $double_plain (canon lower (func $double)))
       (core instance $host (export "double" (func $double_plain)))
       (core instance $lib (instantiate $lib
@@ -1012,11 +1018,17 @@ mod tests {
       (core instance $late (instantiate $late (with "host" (instance $late_host))))
       (alias core export $lib "run" (core func $run))
       (alias core export $late "go" (core func $go))
+      (alias core export $lib "big" (core func $big_fn))
+      (func (export "big") (result s64) (canon lift (core func $big_fn)))
       (func (export "run") (result s32) (canon lift (core func $run)))
       (func (export "go") (result s32) (canon lift (core func $go))))
     "#;
 
-    fn call(engine: &Engine, bytes: &[u8], export: &str) -> i32 {
+    fn call<R: wasmtime::component::ComponentType + wasmtime::component::Lift + 'static>(
+        engine: &Engine,
+        bytes: &[u8],
+        export: &str,
+    ) -> R {
         let component = Component::new(engine, bytes).unwrap();
         let mut linker = Linker::new(engine);
         linker
@@ -1026,7 +1038,7 @@ mod tests {
         let mut store = Store::new(engine, ());
         let instance = linker.instantiate(&mut store, &component).unwrap();
         let func = instance
-            .get_typed_func::<(), (i32,)>(&mut store, export)
+            .get_typed_func::<(), (R,)>(&mut store, export)
             .unwrap();
         func.call(&mut store, ()).unwrap().0
     }
@@ -1105,8 +1117,10 @@ mod tests {
 
         let engine = Engine::default();
         for bytes in [&original, &flat.bytes] {
-            assert_eq!(call(&engine, bytes, "run"), 1 + 7 + 42 + 2);
-            assert_eq!(call(&engine, bytes, "go"), 100);
+            assert_eq!(call::<i32>(&engine, bytes, "run"), 1 + 7 + 42 + 2);
+            assert_eq!(call::<i32>(&engine, bytes, "go"), 100);
+            // An i64 global initialised from another module's stays an i64.
+            assert_eq!(call::<i64>(&engine, bytes, "big"), 5_000_000_000);
         }
     }
 
