@@ -112,9 +112,9 @@ pub struct LoadOptions {
 }
 
 /// Shape of the pre-initialised CPython component, for sizing the pool:
-/// after `flatten` it has 3 core instances, 1 memory and 2 tables, both in
-/// one module (an unflattened one has ~14 instances); the margins leave room
-/// for toolchain changes.
+/// after `flatten` it has 2 module instances (the merged one and the fixup),
+/// 1 memory and 2 tables, both in the merged module (an unflattened one has
+/// ~14 instances); the margins leave room for toolchain changes.
 const CORE_INSTANCES_PER_SANDBOX: u32 = 32;
 const MEMORIES_PER_SANDBOX: u32 = 4;
 const TABLES_PER_SANDBOX: u32 = 4;

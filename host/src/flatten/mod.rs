@@ -14,7 +14,8 @@
 //! `merge`), so the table is defined where its segments are, at constant
 //! offsets. What stays outside are the instances that need the merged
 //! memory to exist first: wit-component's `fixup` module, which fills the
-//! indirect-call table of its `shim` with lowered imports. The component's
+//! indirect-call table of its `shim` (merged like the rest) with imports
+//! lowered with that memory. The component's
 //! own interface (imports, exports, types) is untouched; only core-level
 //! items are re-indexed, and those that depend on the merged instance are
 //! moved after it.
