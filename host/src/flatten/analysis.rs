@@ -157,7 +157,18 @@ impl Resolver<'_, '_> {
                 index: module.defined_index(sort, index),
             }));
         };
-        let import = &module.imports[position];
+        self.import(m, position, depth + 1)
+    }
+
+    /// Follow import number `position` of merged module `m` through the
+    /// argument its instantiation gives for it.
+    pub(super) fn import(
+        &self,
+        m: usize,
+        position: usize,
+        depth: u32,
+    ) -> Result<Resolved, FlattenError> {
+        let import = &self.set.modules[m].imports[position];
         let args = self
             .graph
             .instantiation(self.set.instances[m])
@@ -166,7 +177,7 @@ impl Resolver<'_, '_> {
             .iter()
             .find(|a| a.name == import.module)
             .ok_or_else(|| FlattenError::unsupported(format!("no argument {}", import.module)))?;
-        self.export(arg.index, import.name, sort, depth + 1)
+        self.export(arg.index, import.name, Sort::of_type(&import.ty)?, depth)
     }
 
     /// Number an external the first time it is seen; `importer` (module,
@@ -219,19 +230,9 @@ impl<'a> Analysis<'a> {
         };
         let mut imports = Vec::new();
         for (m, module) in set.modules.iter().enumerate() {
-            let args = graph
-                .instantiation(set.instances[m])
-                .expect("merged instances are instantiations");
             let mut targets = Vec::new();
-            for (position, import) in module.imports.iter().enumerate() {
-                let arg = args
-                    .iter()
-                    .find(|a| a.name == import.module)
-                    .ok_or_else(|| {
-                        FlattenError::unsupported(format!("no argument for {}", import.module))
-                    })?;
-                let sort = Sort::of_type(&import.ty)?;
-                let target = match resolver.export(arg.index, import.name, sort, 0)? {
+            for position in 0..module.imports.len() {
+                let target = match resolver.import(m, position, 0)? {
                     Resolved::Target(target) => target,
                     Resolved::Item(sort, index) => {
                         resolver.external(sort, index, Some((m, position)))?
