@@ -83,6 +83,9 @@ pub(super) struct ModuleInfo<'a> {
     elements: u32,
     data: u32,
     exports: HashMap<&'a str, (Sort, u32)>,
+    /// Initialisers of the immutable globals, by defined index: folding a
+    /// segment offset may need any module's.
+    constant_inits: Vec<(u32, wasmparser::ConstExpr<'a>)>,
 }
 
 impl<'a> ModuleInfo<'a> {
@@ -96,6 +99,7 @@ impl<'a> ModuleInfo<'a> {
             elements: 0,
             data: 0,
             exports: HashMap::new(),
+            constant_inits: Vec::new(),
         };
         for payload in Parser::new(0).parse_all(bytes) {
             match payload? {
@@ -120,7 +124,13 @@ impl<'a> ModuleInfo<'a> {
                     info.defined[Sort::Memory.slot()] = reader.count()
                 }
                 Payload::GlobalSection(reader) => {
-                    info.defined[Sort::Global.slot()] = reader.count()
+                    info.defined[Sort::Global.slot()] = reader.count();
+                    for (i, global) in reader.into_iter().enumerate() {
+                        let global = global?;
+                        if !global.ty.mutable {
+                            info.constant_inits.push((i as u32, global.init_expr));
+                        }
+                    }
                 }
                 Payload::ElementSection(reader) => info.elements = reader.count(),
                 Payload::DataSection(reader) => info.data = reader.count(),
@@ -404,22 +414,14 @@ fn reencode_err(error: ReencodeError<String>) -> FlattenError {
 pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
     let layout = Layout::new(plan);
 
-    // Globals' initialisers first: segment offsets may read any of them.
     let mut constants = Constants {
         inits: HashMap::new(),
         values: HashMap::new(),
     };
     for (m, module) in plan.modules.iter().enumerate() {
-        for payload in Parser::new(0).parse_all(module.bytes) {
-            if let Payload::GlobalSection(reader) = payload? {
-                for (i, global) in reader.into_iter().enumerate() {
-                    let global = global?;
-                    if !global.ty.mutable {
-                        let index = layout.def_base[m][Sort::Global.slot()] + i as u32;
-                        constants.inits.insert(index, (m, global.init_expr));
-                    }
-                }
-            }
+        for (i, init) in &module.constant_inits {
+            let index = layout.def_base[m][Sort::Global.slot()] + i;
+            constants.inits.insert(index, (m, init.clone()));
         }
     }
 
