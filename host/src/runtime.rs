@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Linker;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::builder::{self, Built, LoadEvent};
 use crate::cache::Cache;
@@ -140,7 +140,13 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         // then takes no page faults (and no TLB-shootdown IPIs) on these bytes.
         .linear_memory_keep_resident(config.keep_resident_bytes)
         .table_keep_resident(config.keep_resident_bytes)
-        .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
+        .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
+        // Off on purpose, though it is what would make the reset cheap: in
+        // wasmtime 46 the dirty-page scan only matches present pages, so a
+        // dirty page that was swapped out would reach the next request
+        // unreset; it also stops after 32 dirty regions (a hello request
+        // writes ~160). See the README's performance section.
+        .pagemap_scan(Enabled::No);
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
