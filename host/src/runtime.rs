@@ -144,8 +144,9 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         // Off on purpose, though it is what would make the reset cheap: in
         // wasmtime 46 the dirty-page scan only matches present pages, so a
         // dirty page that was swapped out would reach the next request
-        // unreset; it also stops after 32 dirty regions (a hello request
-        // writes ~160). See the README's performance section.
+        // unreset; it also stops after 32 dirty regions, and a hello request
+        // writes ~230 pages in ~160 separate runs. See the README's
+        // performance section.
         .pagemap_scan(Enabled::No);
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
