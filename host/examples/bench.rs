@@ -4,7 +4,8 @@
 //! 1. a fresh instance per request (instantiate + dispatch + teardown), with
 //!    the split of each phase;
 //! 2. the same dispatch on one reused instance (no isolation: the Python
-//!    work alone);
+//!    work alone), and the 1st, 2nd and 4th call on new instances (what a
+//!    first call pays beyond it);
 //! 3. a native `python3` process per request running the same handler
 //!    through the same framework code (`scripts/bench_native.py`);
 //! 4. host RSS per concurrently live instance, and at 64 in flight;
