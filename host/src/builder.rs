@@ -19,6 +19,7 @@ use crate::deps::{self, Layer};
 use crate::error::LoadError;
 use crate::flatten::{self, FlattenError};
 use crate::guest;
+use crate::memory::MemoryImage;
 use crate::stage::{HandlerSource, Snapshot};
 use crate::wit;
 
@@ -42,6 +43,10 @@ pub(crate) struct Meta {
     /// How many core modules `flatten` merged into one (0: kept apart).
     #[serde(default)]
     pub merged_modules: usize,
+    /// Whether the memory's initial contents are in `memory.img` instead
+    /// of the component's data segments (see `crate::memory`).
+    #[serde(default)]
+    pub memory_image: bool,
 }
 
 /// Progress and diagnostics while loading; the CLI prints them, an embedder
@@ -73,6 +78,8 @@ pub(crate) struct Built {
     pub dir: PathBuf,
     pub meta: Meta,
     pub component: Component,
+    /// The memory's initial contents (empty when they are data segments).
+    pub memory_image: MemoryImage,
     pub cache_hit: bool,
 }
 
@@ -98,6 +105,7 @@ fn layer_dir(image: &Path, mount: &str) -> PathBuf {
 }
 
 const ARTIFACT: &str = "sandbox.cwasm";
+const MEMORY_IMAGE: &str = "memory.img";
 const META: &str = "meta.json";
 
 /// Bring `source` into the cache (building it on a miss) and load its component.
@@ -143,10 +151,12 @@ pub(crate) fn ensure_built(
         elapsed: started.elapsed(),
     });
     let component = deserialize(engine, &dir)?;
+    let memory_image = open_memory_image(cache, &dir, &meta)?;
     Ok(Built {
         dir,
         meta,
         component,
+        memory_image,
         cache_hit: false,
     })
 }
@@ -163,12 +173,24 @@ fn load_cached(engine: &Engine, cache: &Cache, dir: &Path) -> Result<Option<Buil
         )
     })?;
     let component = deserialize(engine, dir)?;
+    let memory_image = open_memory_image(cache, dir, &meta)?;
     Ok(Some(Built {
         dir: dir.to_path_buf(),
         meta,
         component,
+        memory_image,
         cache_hit: true,
     }))
+}
+
+/// The image `meta` says the build wrote; a missing or unreadable one is an
+/// error, never a memory of zeros.
+fn open_memory_image(cache: &Cache, dir: &Path, meta: &Meta) -> Result<MemoryImage, LoadError> {
+    if !meta.memory_image {
+        return Ok(MemoryImage::empty());
+    }
+    let path = dir.join(MEMORY_IMAGE);
+    MemoryImage::open(&path).map_err(|e| cache.error(&path, e))
 }
 
 fn deserialize(engine: &Engine, dir: &Path) -> Result<Component, LoadError> {
@@ -289,13 +311,17 @@ fn build_into(
     let phase = Instant::now();
     CodeCache::new(cache.code_dir()).trim(CODE_CACHE_LIMIT);
     let generated = fs::read(&wasm).map_err(io(&wasm))?;
-    let (component, merged_modules) = compile(engine, &generated, &wasm)?;
+    let (component, merged_modules, memory_image) = compile(engine, &generated, &wasm)?;
     check_wit(engine, &component, source.path.clone())?;
     let artifact = component.serialize().map_err(|source| LoadError::Compile {
         path: wasm.clone(),
         source,
     })?;
     fs::write(scratch.join(ARTIFACT), artifact).map_err(io(scratch))?;
+    if let Some(image) = &memory_image {
+        let path = scratch.join(MEMORY_IMAGE);
+        MemoryImage::write(&path, image).map_err(io(&path))?;
+    }
     tracing::debug!(elapsed = ?phase.elapsed(), merged_modules, "flattened, compiled and serialised the component");
     let meta = Meta {
         pycage_version: env!("CARGO_PKG_VERSION").into(),
@@ -303,6 +329,7 @@ fn build_into(
         entry_module: source.entry_module.clone(),
         layers: layer_dirs.len(),
         merged_modules,
+        memory_image: memory_image.is_some(),
     };
     let meta_json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
     fs::write(scratch.join(META), meta_json).map_err(io(scratch))?;
@@ -313,20 +340,20 @@ fn build_into(
     Ok(meta)
 }
 
+/// What `compile` made: the component, how many modules were merged, and
+/// the memory image moved out of its data segments, if it was.
+type Compiled = (Component, usize, Option<Vec<u8>>);
+
 /// Compile the generated component, flattened when possible (see
 /// `flatten`). Fail open: an unflattened component is slower per request,
 /// not wrong, so a flattening bug (an error, a panic, or output wasmtime
 /// rejects) costs speed, not the build or a server loading the handler.
-fn compile(
-    engine: &Engine,
-    generated: &[u8],
-    path: &Path,
-) -> Result<(Component, usize), LoadError> {
+fn compile(engine: &Engine, generated: &[u8], path: &Path) -> Result<Compiled, LoadError> {
     let flattened = std::panic::catch_unwind(|| flatten::flatten(generated))
         .unwrap_or_else(|_| Err(FlattenError::Unsupported("the pass panicked".into())));
     match flattened {
         Ok(flat) => match Component::new(engine, &flat.bytes) {
-            Ok(component) => return Ok((component, flat.merged_modules)),
+            Ok(component) => return Ok((component, flat.merged_modules, flat.memory_image)),
             Err(error) => tracing::warn!(
                 error = %format!("{error:#}"),
                 path = %path.display(),
@@ -343,7 +370,7 @@ fn compile(
         path: path.to_path_buf(),
         source,
     })?;
-    Ok((component, 0))
+    Ok((component, 0, None))
 }
 
 /// Export the stdlib with precompiled bytecode, once per toolchain.

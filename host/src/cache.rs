@@ -31,7 +31,7 @@ use crate::stage::Snapshot;
 pub const CACHE_DIR_ENV: &str = "PYCAGE_CACHE_DIR";
 
 /// Bumped whenever the layout or the meaning of a cached entry changes.
-const LAYOUT_VERSION: &str = "3";
+const LAYOUT_VERSION: &str = "4";
 
 #[derive(Debug, Clone)]
 pub struct Cache {

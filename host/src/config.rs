@@ -327,7 +327,7 @@ impl ServeConfig {
         })
     }
 
-    /// The largest memory limit of any tenant (sizes the instance pool).
+    /// The largest memory limit of any tenant (the runtime refuses larger ones).
     pub fn max_memory_bytes(&self) -> u64 {
         self.tenants
             .iter()

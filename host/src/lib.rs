@@ -17,13 +17,20 @@
 //! - [`stage`] reads the handler's files; [`cache`] keys and stores built images;
 //!   [`builder`] runs componentize-py and Cranelift on a cache miss (Cranelift
 //!   reuses the functions it compiled before from `code_cache`).
-//! - [`Runtime`] holds the engine and linker; [`Handler`] is a loaded image.
+//! - [`Runtime`] holds the instance slots; [`Handler`] is a loaded image with
+//!   its own engine, whose linear memories [`memory`] maps from the image
+//!   and resets by copying back only the pages a request wrote.
 //! - [`sandbox`] runs one request in a fresh Store with read-only mounts and
 //!   [`Limits`]; [`http`] validates what crosses the boundary.
 //! - [`server`] is the multi-tenant HTTP front end (`pycage serve`), configured
 //!   by [`config`] (`pycage.toml`).
 //! - The contract with the guest is `wit/handler.wit` ([`wit`]); the guest
 //!   side lives in `guest-python/` ([`guest`]).
+
+// Sandbox memories are private file mappings reset with mmap (and, on
+// Linux, listed with PAGEMAP_SCAN): see `memory`.
+#[cfg(all(feature = "runtime", not(unix)))]
+compile_error!("pycage's runtime needs a Unix host (Linux for the fast memory reset)");
 
 #[cfg(feature = "runtime")]
 pub mod builder;
@@ -42,12 +49,16 @@ pub mod guest;
 pub mod http;
 pub mod limits;
 #[cfg(feature = "runtime")]
+mod memory;
+#[cfg(feature = "runtime")]
 pub mod output;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 #[cfg(feature = "runtime")]
 pub mod sandbox;
 pub mod server;
+#[cfg(feature = "runtime")]
+mod stacks;
 pub mod stage;
 #[cfg(feature = "runtime")]
 pub mod wit;
@@ -59,6 +70,9 @@ pub use cache::Cache;
 pub use error::{DispatchError, LoadError};
 pub use http::{Request, RequestError, Response};
 pub use limits::Limits;
+#[doc(hidden)]
+#[cfg(feature = "runtime")]
+pub use memory::ResetStats;
 #[cfg(feature = "runtime")]
 pub use output::CapturedOutput;
 #[cfg(feature = "runtime")]

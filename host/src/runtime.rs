@@ -1,14 +1,14 @@
-//! The process-wide runtime (engine, linker, epoch ticker, cache) and the
+//! The process-wide runtime (instance slots, epoch ticker, cache) and the
 //! cheap, cloneable [`Handler`] handle that dispatches requests.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Linker;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy};
 
 use crate::builder::{self, Built, LoadEvent};
 use crate::cache::Cache;
@@ -16,7 +16,9 @@ use crate::code_cache::CodeCache;
 use crate::error::{DispatchError, LoadError};
 use crate::http::Request;
 use crate::limits::Limits;
+use crate::memory::{IdleBudget, ResetStats, SlotMemories};
 use crate::sandbox::{self, Exchange, Mounts, SandboxState};
+use crate::stacks::StackPool;
 use crate::stage::HandlerSource;
 use crate::wit::SandboxPre;
 
@@ -32,21 +34,20 @@ pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub cache: Cache,
-    /// Instances that may be live at once across all handlers: the size of
-    /// the pooling allocator. Requests beyond it wait (see `queue_timeout`).
-    /// Default: 64.
+    /// Instances that may be live at once across all handlers. Requests
+    /// beyond it wait (see `queue_timeout`). Also how many reset memory
+    /// slots (and fiber stacks) are kept for reuse. Default: 64.
     pub max_instances: u32,
-    /// The largest memory limit any handler may be given; sizes each pool
-    /// slot. Default: 512 MiB.
+    /// The largest memory limit any handler may be given. Default: 512 MiB.
     pub max_memory_bytes: u64,
     /// How long a request may wait for a free instance slot before it is
     /// refused with [`DispatchError::Overloaded`]. Default: 1 s.
     pub queue_timeout: Duration,
-    /// Bytes of each instance slot's memory kept mapped between requests and
-    /// reset by copying. Saves page faults (and cross-core TLB shootdowns)
-    /// on every request, at the price of up to `max_instances` times this
-    /// much resident memory. Default: 16 MiB (measured: 3.5x throughput at
-    /// 16 connections on 2 cores versus 0; 4 MiB bought nothing).
+    /// Most bytes a finished instance's memory slot may have written and
+    /// still be reset by copying those pages back from the image; a slot
+    /// whose instance wrote more is remapped instead (its next instance
+    /// then faults pages in again). So it also bounds the private memory an
+    /// idle slot holds. Default: 16 MiB (a hello request writes ~1 MiB).
     pub keep_resident_bytes: usize,
     /// Longest a cache-miss build may take. Default: 300 s.
     pub build_timeout: Duration,
@@ -56,8 +57,8 @@ pub struct RuntimeConfig {
 }
 
 /// When a finished request's instance is torn down: its Store dropped and
-/// its pool slot reset for the next instance (mostly a copy of the kept-
-/// resident memory back from the image: ~0.5 ms for this CPython).
+/// its memory slot reset for the next instance (a copy of the pages it
+/// wrote back from the image: tens of µs for a small request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Teardown {
     /// After `dispatch` returns, in a task of its own on the tokio runtime,
@@ -85,16 +86,17 @@ impl RuntimeConfig {
     }
 }
 
-/// Made once per process: owns the wasmtime engine (with its pooling
-/// allocator), the WASI linker, the epoch ticker that enforces timeouts, the
-/// instance slots and the build cache.
+/// Made once per process: owns the instance slots, the epoch ticker that
+/// enforces timeouts and the build cache. Each loaded handler gets its own
+/// wasmtime engine, whose memory creator serves that handler's image.
 pub struct Runtime {
-    engine: Engine,
-    linker: Linker<SandboxState>,
     config: RuntimeConfig,
+    code_cache: Arc<CodeCache>,
+    stacks: StackPool,
+    idle_memories: Arc<IdleBudget>,
     slots: Arc<Semaphore>,
     /// Stops the ticker thread when the runtime is dropped.
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 /// Options for [`Runtime::load`].
@@ -111,49 +113,29 @@ pub struct LoadOptions {
     pub venv: Option<PathBuf>,
 }
 
-/// Shape of the pre-initialised CPython component, for sizing the pool:
-/// after `flatten` it has 2 module instances (the merged one and the fixup),
-/// 1 memory and 2 tables, both in the merged module (an unflattened one has
-/// ~14 instances); the margins leave room for toolchain changes.
-const CORE_INSTANCES_PER_SANDBOX: u32 = 32;
-const MEMORIES_PER_SANDBOX: u32 = 4;
-const TABLES_PER_SANDBOX: u32 = 4;
-/// The function table and wit-component's indirect-call table.
-const TABLES_PER_MODULE: u32 = 2;
 /// libpython's function table has ~5,700 entries; this bounds its growth.
 pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 16;
 
-fn engine_config(config: &RuntimeConfig) -> Config {
-    let mut pool = PoolingAllocationConfig::new();
-    let n = config.max_instances.max(1);
-    pool.total_component_instances(n)
-        .total_core_instances(n * CORE_INSTANCES_PER_SANDBOX)
-        .max_core_instances_per_component(CORE_INSTANCES_PER_SANDBOX)
-        .total_memories(n * MEMORIES_PER_SANDBOX)
-        .max_memories_per_component(MEMORIES_PER_SANDBOX)
-        .total_tables(n * TABLES_PER_SANDBOX)
-        .max_tables_per_component(TABLES_PER_SANDBOX)
-        .max_tables_per_module(TABLES_PER_MODULE)
-        .table_elements(MAX_TABLE_ELEMENTS)
-        .total_stacks(n)
-        // Reset reused slots by copying instead of unmapping: the next request
-        // then takes no page faults (and no TLB-shootdown IPIs) on these bytes.
-        .linear_memory_keep_resident(config.keep_resident_bytes)
-        .table_keep_resident(config.keep_resident_bytes)
-        .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
-        // Off on purpose, though it is what would make the reset cheap: in
-        // wasmtime 46 the dirty-page scan only matches present pages, so a
-        // dirty page that was swapped out would reach the next request
-        // unreset; it also stops after 32 dirty regions, and a hello request
-        // writes ~230 pages in ~160 separate runs. See the README's
-        // performance section.
-        .pagemap_scan(Enabled::No);
+/// The engine of one handler. Its linear memories come from `memories`
+/// (see `crate::memory`), which is why each handler has an engine of its
+/// own: a memory creator belongs to an engine, and each serves one image.
+fn engine_config(
+    code_cache: &Arc<CodeCache>,
+    memories: SlotMemories,
+    stacks: &StackPool,
+) -> Config {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true)
         .epoch_interruption(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // wasmtime's own copy-on-write images assume its own mappings; ours
+        // map the image the build moved out of the data segments.
+        .memory_init_cow(false)
+        .with_host_memory(Arc::new(memories))
+        // Stacks are shared by all handlers and reused (see `crate::stacks`).
+        .with_host_stack(Arc::new(stacks.clone()))
+        .allocation_strategy(InstanceAllocationStrategy::OnDemand);
     // Only compilation consults it; requests never do.
-    wasm.enable_incremental_compilation(Arc::new(CodeCache::new(config.cache.code_dir())))
+    wasm.enable_incremental_compilation(code_cache.clone())
         .expect("the engine has a compiler");
     wasm
 }
@@ -165,16 +147,13 @@ impl Runtime {
     }
 
     pub fn with_config(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let engine = Engine::new(&engine_config(&config))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        let ticker = EpochTicker::start(engine.clone());
         Ok(Self {
-            engine,
-            linker,
+            code_cache: Arc::new(CodeCache::new(config.cache.code_dir())),
+            stacks: StackPool::new(config.max_instances.max(1) as usize),
+            idle_memories: IdleBudget::new(config.max_instances.max(1) as usize),
             slots: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
             config,
-            _ticker: ticker,
+            ticker: EpochTicker::start(),
         })
     }
 
@@ -186,7 +165,7 @@ impl Runtime {
         &self.config.cache
     }
 
-    /// Instances holding a pool slot right now, across all handlers:
+    /// Instances holding a slot right now, across all handlers:
     /// running, or finished and still being torn down.
     pub fn instances_in_use(&self) -> usize {
         self.config.max_instances.max(1) as usize - self.slots.available_permits()
@@ -211,33 +190,44 @@ impl Runtime {
             });
         }
         let cache = &self.config.cache;
+        let memories =
+            SlotMemories::new(self.config.keep_resident_bytes, self.idle_memories.clone());
+        let config = engine_config(&self.code_cache, memories.clone(), &self.stacks);
+        let engine = Engine::new(&config).map_err(|error| LoadError::Compile {
+            path: source.path.clone(),
+            source: error,
+        })?;
         let built = builder::ensure_built(
-            &self.engine,
+            &engine,
             cache,
             &source,
             options.venv.as_deref(),
             self.config.build_timeout,
             on_event,
         )?;
-        let pre = self
-            .linker
-            .instantiate_pre(&built.component)
+        let layers = built.layer_mounts();
+        memories.set_image(built.memory_image);
+        let mut linker = Linker::new(&engine);
+        let pre = wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| linker.instantiate_pre(&built.component))
             .and_then(SandboxPre::new)
             .map_err(|source| LoadError::Compile {
                 path: built.dir.clone(),
                 source,
             })?;
+        self.ticker.watch(&engine);
         Ok(Handler {
             inner: Arc::new(HandlerInner {
                 pre,
                 app_dir: Built::app_dir(&built.dir),
-                layers: built.layer_mounts(),
+                layers,
                 stdlib_dir: cache.stdlib_dir().join("python"),
                 source: source.path,
                 entry_module: built.meta.entry_module,
                 cache_hit: built.cache_hit,
                 limits: options.limits.clone(),
                 teardown: self.config.teardown,
+                memories,
                 gate: Gate {
                     slots: self.slots.clone(),
                     own: options
@@ -268,13 +258,14 @@ struct HandlerInner {
     cache_hit: bool,
     limits: Limits,
     teardown: Teardown,
+    memories: SlotMemories,
     gate: Gate,
 }
 
 /// Admission control: a request needs one of the handler's own permits (if
 /// it has a concurrency limit) and one runtime-wide instance slot. Waiting
-/// is bounded so that overload turns into a quick 503, never a pile-up or
-/// a failed pool allocation.
+/// is bounded so that overload turns into a quick 503, never a pile-up of
+/// instances and their memories.
 struct Gate {
     slots: Arc<Semaphore>,
     own: Option<Arc<Semaphore>>,
@@ -372,6 +363,12 @@ impl Handler {
         .await
     }
 
+    /// For benchmarks: how this handler's memory slots have been reset.
+    #[doc(hidden)]
+    pub fn memory_resets(&self) -> ResetStats {
+        self.inner.memories.stats()
+    }
+
     /// The route table, as the guest reports it through its `routes` export.
     pub async fn routes(&self) -> Result<Vec<RouteInfo>, DispatchError> {
         let _permits = self.inner.gate.enter().await?;
@@ -411,25 +408,41 @@ impl Handler {
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances every loaded handler's engine's epoch every [`EPOCH_TICK`]
+/// until dropped.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
+    /// Weak, so that a dropped handler's engine is freed and forgotten.
+    engines: Arc<Mutex<Vec<EngineWeak>>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start() -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let engines: Arc<Mutex<Vec<EngineWeak>>> = Arc::default();
+        let (flag, watched) = (stop.clone(), engines.clone());
         std::thread::Builder::new()
             .name("pycage-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    let mut engines = watched.lock().unwrap_or_else(|e| e.into_inner());
+                    engines.retain(|weak| match weak.upgrade() {
+                        Some(engine) => {
+                            engine.increment_epoch();
+                            true
+                        }
+                        None => false,
+                    });
                 }
             })
             .expect("spawning the epoch ticker thread");
-        Self { stop }
+        Self { stop, engines }
+    }
+
+    fn watch(&self, engine: &Engine) {
+        let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
+        engines.push(engine.weak());
     }
 }
 

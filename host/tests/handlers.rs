@@ -67,7 +67,7 @@ async fn an_exchange_reports_where_its_time_went() {
 
 /// By default the instance is torn down after the exchange is returned, and
 /// its slot stays taken until then: with a single slot, back-to-back
-/// requests wait for the previous teardown instead of finding the pool full.
+/// requests wait for the previous teardown instead of running beside it.
 #[tokio::test]
 async fn background_teardown_holds_the_slot_until_it_is_done() {
     let (runtime, h) = hello_in(|c| c.max_instances = 1);

@@ -136,6 +136,11 @@ async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
     let meta = fs::read(first.app_dir().parent().unwrap().join("meta.json")).unwrap();
     let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
     assert!(meta["merged_modules"].as_u64().unwrap() > 10, "{meta}");
+    // The heap left the data segments for a memory image that instances
+    // map instead of copying (see host/src/memory): megabytes of it.
+    assert_eq!(meta["memory_image"], true, "{meta}");
+    let image = first.app_dir().parent().unwrap().join("memory.img");
+    assert!(fs::metadata(&image).unwrap().len() > 4 << 20);
     assert_eq!(*builds.borrow(), 1, "the second load must not build");
     assert_eq!(ok(&get(&second, "/").await).body, b"one");
 

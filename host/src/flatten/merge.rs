@@ -24,6 +24,7 @@ use wasmparser::{
 };
 
 use super::FlattenError;
+use super::image::{self, Memories, Segment, SegmentKind};
 
 /// The four kinds of core items a module can import, define and export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -410,8 +411,15 @@ fn reencode_err(error: ReencodeError<String>) -> FlattenError {
     FlattenError::Encode(format!("{error:?}"))
 }
 
+/// The merged module, and the image its data segments were moved into
+/// (see `image`), if they could be.
+pub(super) struct Merged {
+    pub(super) bytes: Vec<u8>,
+    pub(super) image: Option<Vec<u8>>,
+}
+
 /// Build the merged module.
-pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
+pub(super) fn merge(plan: &Plan<'_>) -> Result<Merged, FlattenError> {
     let layout = Layout::new(plan);
 
     let mut constants = Constants {
@@ -434,7 +442,11 @@ pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
     let mut exports = ExportSection::new();
     let mut elements = ElementSection::new();
     let mut code = CodeSection::new();
-    let mut data = DataSection::new();
+    let mut segments = Vec::new();
+    let mut memory_sizes = Memories {
+        imported: 0,
+        defined: Vec::new(),
+    };
     let mut names = NameMap::new();
 
     for (n, ext) in plan.externals.iter().enumerate() {
@@ -444,6 +456,9 @@ pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
         };
         let import = &plan.modules[ext.module].imports[ext.import];
         let ty: EntityType = remap.entity_type(import.ty).map_err(reencode_err)?;
+        if matches!(ty, EntityType::Memory(_)) {
+            memory_sizes.imported += 1;
+        }
         imports.import("", &n.to_string(), ty);
     }
 
@@ -484,6 +499,9 @@ pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
                         .map_err(reencode_err)?;
                 }
                 Payload::MemorySection(reader) => {
+                    for ty in reader.clone() {
+                        memory_sizes.defined.push(Memories::initial_bytes(&ty?));
+                    }
                     remap
                         .parse_memory_section(&mut memories, reader)
                         .map_err(reencode_err)?;
@@ -555,11 +573,20 @@ pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
                                 let memory =
                                     remap.memory_index(memory_index).map_err(reencode_err)?;
                                 let offset = fold(&mut constants, &offset_expr)?;
-                                data.active(memory, &offset, segment.data.iter().copied());
+                                let at = match constants.eval(&layout, m, &offset_expr) {
+                                    Some(Value::I32(at)) => Some(u64::from(at as u32)),
+                                    Some(Value::I64(at)) => Some(at as u64),
+                                    None => None,
+                                };
+                                segments.push(Segment {
+                                    kind: SegmentKind::Active { memory, offset, at },
+                                    data: segment.data,
+                                });
                             }
-                            DataKind::Passive => {
-                                data.passive(segment.data.iter().copied());
-                            }
+                            DataKind::Passive => segments.push(Segment {
+                                kind: SegmentKind::Passive,
+                                data: segment.data,
+                            }),
                         }
                     }
                 }
@@ -576,6 +603,10 @@ pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
     for (name, sort, target) in &plan.exports {
         exports.export(name, sort.export_kind(), layout.target(*target));
     }
+
+    let memory_image = image::extract(&segments, &memory_sizes);
+    let mut data = DataSection::new();
+    image::encode(&segments, memory_image.is_some(), &mut data);
 
     let mut merged = wasm_encoder::Module::new();
     merged
@@ -595,7 +626,10 @@ pub(super) fn merge(plan: &Plan<'_>) -> Result<Vec<u8>, FlattenError> {
     let mut name_section = NameSection::new();
     name_section.functions(&names);
     merged.section(&name_section);
-    Ok(merged.finish())
+    Ok(Merged {
+        bytes: merged.finish(),
+        image: memory_image,
+    })
 }
 
 /// Keep the function names (they make traps and profiles readable); names

@@ -26,6 +26,7 @@
 mod analysis;
 mod emit;
 mod graph;
+mod image;
 mod merge;
 
 use wasmparser::CanonicalFunction;
@@ -51,18 +52,21 @@ impl FlattenError {
     }
 }
 
-/// The result: the new component and how many core modules went into one.
+/// The result: the new component, how many core modules went into one, and
+/// the initial contents of its memory when they were moved out of the data
+/// segments (the component is then only runnable with `crate::memory`).
 pub struct Flattened {
     pub bytes: Vec<u8>,
     pub merged_modules: usize,
+    pub memory_image: Option<Vec<u8>>,
 }
 
 /// Merge the component's core modules (see the module docs).
 pub fn flatten(bytes: &[u8]) -> Result<Flattened, FlattenError> {
     let graph = Graph::parse(bytes)?;
     let analysis = Analysis::new(&graph)?;
-    let merged_bytes = merge::merge(&analysis.plan)?;
-    let mut emitter = Emitter::new(bytes, &graph, &analysis, merged_bytes);
+    let merged = merge::merge(&analysis.plan)?;
+    let mut emitter = Emitter::new(bytes, &graph, &analysis, merged.bytes);
     // Items that need the merged instance wait until it is written, which
     // is as soon as everything it imports exists.
     let mut deferred = Vec::new();
@@ -104,6 +108,7 @@ pub fn flatten(bytes: &[u8]) -> Result<Flattened, FlattenError> {
     Ok(Flattened {
         bytes: emitter.writer.out.finish(),
         merged_modules: analysis.plan.modules.len(),
+        memory_image: merged.image,
     })
 }
 
@@ -276,12 +281,21 @@ mod tests {
         );
         assert_eq!(before[1].1, 2, "lib's segments read globals before");
 
+        // The data segments moved into the memory image: the flattened
+        // component runs only with memories mapped from it.
+        let image = flat
+            .memory_image
+            .as_deref()
+            .expect("segments became an image");
+        assert_eq!(image.len(), 101, "lib's byte at its memory base, 100");
+        assert_eq!(image[100], 0x2a);
+        let (with_image, _memories, _dir) = crate::memory::test_engine(image, 1 << 20);
         let engine = Engine::default();
-        for bytes in [&original, &flat.bytes] {
-            assert_eq!(call::<i32>(&engine, bytes, "run"), 1 + 7 + 42 + 2);
-            assert_eq!(call::<i32>(&engine, bytes, "go"), 100);
+        for (engine, bytes) in [(&engine, &original), (&with_image, &flat.bytes)] {
+            assert_eq!(call::<i32>(engine, bytes, "run"), 1 + 7 + 42 + 2);
+            assert_eq!(call::<i32>(engine, bytes, "go"), 100);
             // An i64 global initialised from another module's stays an i64.
-            assert_eq!(call::<i64>(&engine, bytes, "big"), 5_000_000_000);
+            assert_eq!(call::<i64>(engine, bytes, "big"), 5_000_000_000);
         }
     }
 

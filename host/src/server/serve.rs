@@ -60,8 +60,8 @@ pub struct TenantLoadError {
     pub source: LoadError,
 }
 
-/// Runtime settings that fit `config`: the pool sized to its instance
-/// count and its largest memory limit.
+/// Runtime settings that fit `config`: its instance count and its largest
+/// memory limit.
 pub fn runtime_config(config: &ServeConfig, cache: Cache) -> RuntimeConfig {
     let mut runtime = RuntimeConfig::new(cache);
     runtime.max_instances = config.max_instances;
