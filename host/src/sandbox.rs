@@ -89,7 +89,7 @@ pub struct Timings {
     /// The guest's `dispatch` call.
     pub call: Duration,
     /// Dropping the instance and its Store, which resets and returns the
-    /// pool slot, if that happened before the dispatch returned
+    /// memory slot, if that happened before the dispatch returned
     /// ([`Teardown::Inline`](crate::Teardown::Inline)). Zero with the
     /// default [`Teardown::Background`](crate::Teardown::Background).
     pub teardown: Duration,
@@ -131,6 +131,12 @@ fn wasi_ctx(
     stderr: &CappedPipe,
 ) -> wasmtime::Result<WasiCtx> {
     let mut builder = WasiCtxBuilder::new();
+    // Filesystem calls run on the calling thread instead of tokio's
+    // blocking pool: they are short reads of local, read-only files, and
+    // each hand-off to the pool and back cost more than the call (two per
+    // request from the glue's chdir alone). Set before the preopens, which
+    // capture it.
+    builder.allow_blocking_current_thread(true);
     builder
         .stdout(stdout.clone())
         .stderr(stderr.clone())
@@ -201,12 +207,12 @@ fn new_store(
     Ok(store)
 }
 
-/// A finished request's instance, still holding its pool slot until dropped.
+/// A finished request's instance, still holding its memory slot until
+/// dropped.
 ///
-/// Dropping it resets the slot's memory for the next instance: most of a
-/// request's teardown cost (a ~13 MiB copy from the memory image when
-/// memory is kept resident), which is why it is handed back separately
-/// instead of being dropped before the response is returned.
+/// Dropping it resets the slot for the next instance (see `crate::memory`):
+/// most of a request's teardown cost, which is why it is handed back
+/// separately instead of being dropped before the response is returned.
 pub(crate) struct Spent(
     #[allow(dead_code, reason = "held only to be dropped")] Store<SandboxState>,
 );
