@@ -170,8 +170,9 @@ async fn main() {
     let hello = repo().join("fixtures/hello/hello.py");
     let mut report = Report::default();
 
-    // PYCAGE_BENCH_KEEP_RESIDENT_MIB varies the pool's kept-resident bytes,
-    // one of the levers the per-phase split shows the effect of.
+    // PYCAGE_BENCH_KEEP_RESIDENT_MIB varies how many written bytes a memory
+    // slot may copy back instead of being remapped, one of the levers the
+    // per-phase split shows the effect of.
     let mut config = RuntimeConfig::new(Cache::new(Cache::default_root()));
     if let Ok(mib) = std::env::var("PYCAGE_BENCH_KEEP_RESIDENT_MIB") {
         config.keep_resident_bytes = mib.parse::<usize>().expect("MiB") << 20;
@@ -193,8 +194,13 @@ async fn main() {
     // request, to split where the time goes, then as served (the default),
     // with the teardown after the response.
     let (inline_runtime, inline) = load(Teardown::Inline);
-    fresh_instances(&inline, 200).await; // warm the pool slots and caches
+    fresh_instances(&inline, 200).await; // warm the memory slots and caches
+    let warm = inline.memory_resets();
     let [mut total, mut inst, mut call, mut teardown] = fresh_instances(&inline, n).await;
+    let resets = inline.memory_resets();
+    let copied = resets.copied - warm.copied;
+    let copied_kib = (resets.copied_bytes - warm.copied_bytes) / copied.max(1) / 1024;
+    let remapped = resets.remapped - warm.remapped;
     let inline_p50 = report.add(
         "fresh_total_inline_teardown",
         "fresh instance, teardown inline",
@@ -203,7 +209,7 @@ async fn main() {
     report.add("fresh_instantiate", "  instantiate", &mut inst);
     report.add("fresh_call", "  dispatch call", &mut call);
     report.add("fresh_teardown", "  teardown", &mut teardown);
-    // Its pool's resident memory must not count in the memory figures.
+    // Its slots' resident memory must not count in the memory figures.
     drop((inline, inline_runtime));
     let (runtime, handler) = load(Teardown::Background);
     fresh_instances(&handler, 200).await;
@@ -257,7 +263,7 @@ async fn main() {
     let overhead = fresh_p50 - reused_p50;
     let overhead_inline = inline_p50 - reused_p50;
     println!(
-        "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores, {keep_resident_mib} MiB kept resident per slot",
+        "pycage bench: {n} requests per in-process series, GET /hello/ada (fixtures/hello), {} cores, slots copy back up to {keep_resident_mib} MiB",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("{:<42} {:>12} {:>12}", "what", "p50", "p99");
@@ -277,7 +283,14 @@ async fn main() {
         "fresh-instance overhead (fresh - reused dispatch, p50): {overhead:.0} µs as served, {overhead_inline:.0} µs with the teardown inline; fresh/reused {:.1}x",
         fresh_p50 / reused_p50,
     );
+    println!(
+        "memory resets in the inline series: {copied} copied back {copied_kib} KiB each, {remapped} remapped"
+    );
     let mut results = report.results;
+    results.insert(
+        "resets".into(),
+        json!({ "copied": copied, "copied_kib_each": copied_kib, "remapped": remapped }),
+    );
     if let Some((native_p50, memory)) = slow {
         println!(
             "native process/fresh {:.1}x; memory: {} MiB idle; {} MiB with {} instances in flight; {} KiB per live instance",
