@@ -36,7 +36,7 @@ impl MemoryImage {
     pub(crate) fn open(path: &Path) -> io::Result<Self> {
         let file = File::open(path)?;
         let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
-        if len % page_size() != 0 {
+        if !len.is_multiple_of(page_size()) {
             return Err(io::Error::other(format!(
                 "{}: {len} bytes is not a whole number of pages",
                 path.display()

@@ -51,7 +51,7 @@ impl Slot {
     /// Reserve the address space and map the image's initial contents.
     pub(crate) fn new(image: &MemoryImage, geometry: Geometry) -> io::Result<Slot> {
         let page = page_size();
-        let aligned = |n: usize| n % page == 0;
+        let aligned = |n: usize| n.is_multiple_of(page);
         if !(aligned(geometry.initial) && aligned(geometry.reservation) && aligned(geometry.guard))
             || geometry.initial > geometry.reservation
         {
@@ -130,7 +130,7 @@ impl Slot {
         if size <= self.accessible {
             return Ok(());
         }
-        if size > self.geometry.reservation || size % page_size() != 0 {
+        if size > self.geometry.reservation || !size.is_multiple_of(page_size()) {
             return Err(io::Error::other(format!(
                 "cannot grow memory to {size} bytes (reservation {})",
                 self.geometry.reservation
