@@ -19,8 +19,8 @@ use clap::{Args, Parser, Subcommand};
         It gets no environment variables, no network, no processes and no other files.",
     after_help = "Exit status: 0 when the response status is below 500; 1 when it is 500 or above \
         or the sandbox failed; 2 for usage errors and handlers that cannot be loaded.\n\n\
-        PYCAGE_LOG=debug (or any tracing filter) also logs to stderr, e.g. how long each build \
-        phase took."
+        PYCAGE_LOG=debug also logs pycage's own debug messages to stderr, e.g. how long each \
+        build phase took; any other value is a tracing filter (PYCAGE_LOG=debug,wasmtime=info)."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -296,13 +296,31 @@ fn serve(
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PYCAGE_LOG")
+    let directives = log_directives(std::env::var("PYCAGE_LOG").ok().as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .init();
+}
+
+/// The tracing filter for `PYCAGE_LOG`. A bare level (`debug`) applies to
+/// pycage's own logs: at debug level Cranelift and wit-component log every
+/// function they compile, tens of thousands of lines per build. Anything
+/// else is a tracing filter, used as given.
+fn log_directives(value: Option<&str>) -> String {
+    match value.map(str::trim) {
+        None | Some("") => "info".into(),
+        Some(level)
+            if ["trace", "debug", "info", "warn", "error", "off"]
+                .contains(&level.to_ascii_lowercase().as_str()) =>
+        {
+            format!("warn,pycage={level}")
+        }
+        Some(filter) => filter.into(),
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
@@ -312,5 +330,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
         _ = terminate.recv() => info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+
+    #[test]
+    fn a_bare_level_is_pycage_s_own() {
+        assert_eq!(log_directives(None), "info");
+        assert_eq!(log_directives(Some("debug")), "warn,pycage=debug");
+        assert_eq!(log_directives(Some("TRACE")), "warn,pycage=TRACE");
+        assert_eq!(
+            log_directives(Some("debug,cranelift=info")),
+            "debug,cranelift=info"
+        );
+        assert_eq!(log_directives(Some("pycage::guest=debug")), "pycage::guest=debug");
     }
 }
