@@ -133,7 +133,19 @@ fn engine_config(
         .with_host_memory(Arc::new(memories))
         // Stacks are shared by all handlers and reused (see `crate::stacks`).
         .with_host_stack(Arc::new(stacks.clone()))
-        .allocation_strategy(InstanceAllocationStrategy::OnDemand);
+        .allocation_strategy(InstanceAllocationStrategy::OnDemand)
+        // The guest is a synchronous component: no async exports, streams
+        // or futures. With the component model's concurrency machinery on,
+        // every Store keeps a parked fiber that its drop must resume with an
+        // error, and wasmtime captures a backtrace for that error whenever
+        // RUST_BACKTRACE is set: ~20 µs per request for nothing. Off, the
+        // async features that need it are refused at compile time too.
+        .concurrency_support(false);
+    // Set PYCAGE_PERFMAP=1 to have `perf` name the guest's functions: wasmtime
+    // then writes /tmp/perf-<pid>.map. For profiling only.
+    if std::env::var_os("PYCAGE_PERFMAP").is_some() {
+        wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     // Only compilation consults it; requests never do.
     wasm.enable_incremental_compilation(code_cache.clone())
         .expect("the engine has a compiler");
