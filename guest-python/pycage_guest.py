@@ -21,7 +21,6 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import handler as wit
 
-import pycage
 import pycage_build_config as config
 from pycage import _router
 from pycage._convert import to_wire
@@ -144,6 +143,12 @@ def _load():
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = captured
     try:
+        # The working directory is the handler's own tree, from its import
+        # on: set here, it is part of the snapshot, so requests need no
+        # chdir of their own (which cost ~17 µs: it made libc fetch the
+        # preopens and stat the directory in every instance). It is the
+        # mount the handler was imported from; /app holds the same files.
+        os.chdir(config.APP_GUEST_DIR)
         _extend_path()
         module = importlib.import_module(config.ENTRY_MODULE)
         if not (getattr(module, "__file__", None) or "").startswith(config.APP_GUEST_DIR + "/"):
@@ -228,10 +233,6 @@ def _exception_error(exc):
 
 
 def _call(request):
-    try:
-        os.chdir(pycage.APP_DIR)
-    except OSError:
-        pass
     headers = Headers((h.name, bytes(h.value).decode("latin-1")) for h in request.headers)
     req = Request(request.method, request.path, request.query, headers, request.body)
     try:

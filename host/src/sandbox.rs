@@ -133,9 +133,9 @@ fn wasi_ctx(
     let mut builder = WasiCtxBuilder::new();
     // Filesystem calls run on the calling thread instead of tokio's
     // blocking pool: they are short reads of local, read-only files, and
-    // each hand-off to the pool and back cost more than the call (two per
-    // request from the glue's chdir alone). Set before the preopens, which
-    // capture it.
+    // each hand-off to the pool and back cost more than the call (lazy
+    // imports and handlers' own file reads are such calls). Set before the
+    // preopens, which capture it.
     builder.allow_blocking_current_thread(true);
     builder
         .stdout(stdout.clone())

@@ -263,7 +263,11 @@ async fn handler_reads_its_own_data_files() {
     let exchange = get(&h, "/data").await;
     assert_eq!(
         json(ok(&exchange)),
-        json!({"greeting": "hello from a data file", "config": {"mode": "test", "n": 3}})
+        json!({
+            "greeting": "hello from a data file",
+            "config": {"mode": "test", "n": 3},
+            "at_import": true
+        })
     );
 }
 
