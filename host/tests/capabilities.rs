@@ -100,3 +100,21 @@ async fn sockets_and_name_lookups_are_refused() {
     );
     host_still_serves().await;
 }
+
+/// Every instance starts from the same snapshot, so `random` must be
+/// reseeded in each one: otherwise every request would draw the same
+/// numbers. An explicit seed must still reproduce CPython's sequence.
+#[tokio::test]
+async fn randomness_is_fresh_in_every_instance() {
+    let h = handler("capability");
+    let mut fresh = std::collections::HashSet::new();
+    let mut secrets = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let body = json(ok(&get(&h, "/random").await));
+        fresh.insert(body["fresh"].as_u64().expect("an integer"));
+        secrets.insert(body["secret"].as_str().expect("hex").to_owned());
+        assert_eq!(body["seeded"], 0.6394267984578837, "random.seed(42)");
+    }
+    assert_eq!(fresh.len(), 4, "random drew the same numbers twice");
+    assert_eq!(secrets.len(), 4, "os.urandom repeated itself");
+}
