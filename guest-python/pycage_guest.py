@@ -222,36 +222,6 @@ def _install_fresh_seed():
     random.seed = fresh_seed
 
 
-# Enough runs for CPython's adaptive interpreter to specialise the
-# framework's bytecode, so that the snapshot holds it specialised.
-_WARM_RUNS = 20
-
-
-def _warm_framework():
-    """Run the framework's own request path at build time.
-
-    Caches it fills on first use (ABC subclass checks behind isinstance,
-    parsed query strings, the JSON encoder) then live in the snapshot instead
-    of being rebuilt by every request's fresh instance. No handler code runs.
-    """
-    headers = Headers((name, value) for name, value in [("content-type", "application/json")])
-    request = Request("GET", "/", "a=1&b=2", headers, b"{}")
-    _ = request.query, request.text, request.json(), request.content_type
-    for value in ({"k": [1]}, ["x"], "text", b"bytes", None, ({}, 201), HTTPError(404).to_response()):
-        to_wire(value)
-    try:
-        _router.match("GET", "/\x00")
-    except (_router.NotFound, _router.MethodNotAllowed):
-        pass
-
-
-# Before anything imports random's functions.
-_install_fresh_seed()
-_ROUTES = _load()
-for _ in range(_WARM_RUNS):
-    _warm_framework()
-
-
 def _exception_error(exc):
     return Err(wit.DispatchError_HandlerException(
         wit.ExceptionInfo(message=_describe(exc), traceback=_format_traceback(exc))
@@ -272,8 +242,12 @@ def _call(request):
         result = route.func(req, **params) if route.wants_request else route.func(**params)
     except HTTPError as exc:
         result = exc.to_response()
+    return _response(request.method, result)
+
+
+def _response(method, result):
     status, response_headers, body = to_wire(result)
-    if request.method == "HEAD":
+    if method == "HEAD":
         body = b""
     return wit.Response(
         status=status,
@@ -299,3 +273,47 @@ class Handler(exports.Handler):
                     wit.ExceptionInfo(message="exception while reporting an exception", traceback="")
                 ))
             raise error
+
+
+# Enough runs for CPython's adaptive interpreter to specialise the request
+# path's bytecode, so that the snapshot holds it specialised (specialising
+# rewrites the bytecode: done per request, it writes the code's pages).
+_WARM_RUNS = 20
+
+# No route can be registered for this method (methods are upper case), so
+# warming the dispatch path never runs handler code.
+_WARM_METHOD = "pycage-warm-up"
+
+
+def _warm_request_path(handler):
+    """Run the glue's and the framework's request path at build time.
+
+    Caches filled on first use (ABC subclass checks behind isinstance,
+    parsed query strings, the JSON encoder) then live in the snapshot
+    instead of being rebuilt by every request's fresh instance.
+    """
+    request = wit.Request(
+        method=_WARM_METHOD,
+        path="/",
+        query="a=1&b=2",
+        headers=[wit.Header(name="content-type", value=b"application/json")],
+        body=b"{}",
+    )
+    try:
+        handler.dispatch(request)
+    except Err:
+        pass
+    headers = Headers([("content-type", "application/json")])
+    req = Request("GET", "/", "a=1&b=2", headers, b"{}")
+    _ = req.query, req.text, req.json(), req.content_type
+    for value in ({"k": [1]}, ["x"], "text", b"bytes", None, ({}, 201), HTTPError(404).to_response()):
+        _response("GET", value)
+    _response("HEAD", "text")
+
+
+# Build time, in this order: the seed wrapper before anything imports
+# random's functions, the handler, then the warm-up.
+_install_fresh_seed()
+_ROUTES = _load()
+for _ in range(_WARM_RUNS):
+    _warm_request_path(Handler())
