@@ -19,6 +19,7 @@ use crate::deps::{self, Layer};
 use crate::error::LoadError;
 use crate::flatten::{self, FlattenError};
 use crate::guest;
+use crate::immortal;
 use crate::memory::MemoryImage;
 use crate::stage::{HandlerSource, Snapshot};
 use crate::wit;
@@ -47,6 +48,10 @@ pub(crate) struct Meta {
     /// of the component's data segments (see `crate::memory`).
     #[serde(default)]
     pub memory_image: bool,
+    /// How many of the snapshot's Python objects were made immortal in the
+    /// memory image (see `crate::immortal`).
+    #[serde(default)]
+    pub immortal_objects: usize,
 }
 
 /// Progress and diagnostics while loading; the CLI prints them, an embedder
@@ -311,7 +316,11 @@ fn build_into(
     let phase = Instant::now();
     CodeCache::new(cache.code_dir()).trim(CODE_CACHE_LIMIT);
     let generated = fs::read(&wasm).map_err(io(&wasm))?;
-    let (component, merged_modules, memory_image) = compile(engine, &generated, &wasm)?;
+    let (component, merged_modules, mut memory_image) = compile(engine, &generated, &wasm)?;
+    let immortal_objects = match &mut memory_image {
+        Some(image) => immortalize(image, &framework.join(guest::SNAPSHOT_OBJECTS)),
+        None => 0,
+    };
     check_wit(engine, &component, source.path.clone())?;
     let artifact = component.serialize().map_err(|source| LoadError::Compile {
         path: wasm.clone(),
@@ -330,6 +339,7 @@ fn build_into(
         layers: layer_dirs.len(),
         merged_modules,
         memory_image: memory_image.is_some(),
+        immortal_objects,
     };
     let meta_json = serde_json::to_vec_pretty(&meta).expect("meta serialises");
     fs::write(scratch.join(META), meta_json).map_err(io(scratch))?;
@@ -338,6 +348,24 @@ fn build_into(
     }
     fs::remove_file(&wasm).map_err(io(&wasm))?;
     Ok(meta)
+}
+
+/// Make the objects the guest listed immortal in `image`; returns how many.
+/// Fails open: without the listing the image is only slower to reset.
+fn immortalize(image: &mut [u8], listing: &Path) -> usize {
+    let listing = match fs::read(listing) {
+        Ok(listing) => listing,
+        Err(error) => {
+            tracing::warn!(%error, path = %listing.display(), "no snapshot object listing; objects stay mortal");
+            return 0;
+        }
+    };
+    let done = immortal::apply(image, &listing);
+    if done.patched == 0 && done.listed > 0 {
+        tracing::warn!(listed = done.listed, "no listed object matched the memory image");
+    }
+    tracing::debug!(listed = done.listed, patched = done.patched, "made the snapshot's objects immortal");
+    done.patched
 }
 
 /// What `compile` made: the component, how many modules were merged, and

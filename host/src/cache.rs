@@ -30,8 +30,9 @@ use crate::stage::Snapshot;
 /// Environment variable that overrides the cache location.
 pub const CACHE_DIR_ENV: &str = "PYCAGE_CACHE_DIR";
 
-/// Bumped whenever the layout or the meaning of a cached entry changes.
-const LAYOUT_VERSION: &str = "4";
+/// Bumped whenever the layout or the meaning of a cached entry changes,
+/// including the engine settings its compiled code was made for.
+const LAYOUT_VERSION: &str = "5";
 
 #[derive(Debug, Clone)]
 pub struct Cache {

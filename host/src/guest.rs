@@ -24,6 +24,9 @@ pub(crate) const GUEST_IMPORT_DIR: &str = "/1";
 pub(crate) const GUEST_STDLIB_DIR: &str = "/python";
 /// The report the guest glue writes at build time, relative to the framework mount (/0).
 pub(crate) const BUILD_REPORT: &str = "build-report.json";
+/// The addresses and types of the snapshot's objects, written last at build
+/// time, relative to the framework mount (see `crate::immortal`).
+pub(crate) const SNAPSHOT_OBJECTS: &str = "snapshot-objects.bin";
 
 /// The `pycage` package and the export glue, copied into every build.
 pub(crate) const FRAMEWORK_FILES: &[(&str, &str)] = &[
@@ -73,7 +76,7 @@ pub(crate) fn write_framework(
         dir.join("pycage_build_config.py"),
         format!(
             "ENTRY_MODULE = {entry_module:?}\nAPP_GUEST_DIR = {GUEST_IMPORT_DIR:?}\n\
-             REPORT_PATH = \"/0/{BUILD_REPORT}\"\nVENDOR_DIR = \"{GUEST_IMPORT_DIR}/{vendor}\"\n\
+             REPORT_PATH = \"/0/{BUILD_REPORT}\"\nOBJECTS_PATH = \"/0/{SNAPSHOT_OBJECTS}\"\nVENDOR_DIR = \"{GUEST_IMPORT_DIR}/{vendor}\"\n\
              LAYER_DIRS = {layer_mounts:?}\n",
             vendor = crate::deps::VENDOR_DIR,
         ),

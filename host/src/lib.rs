@@ -46,6 +46,8 @@ pub mod error;
 mod flatten;
 #[cfg(feature = "runtime")]
 pub mod guest;
+#[cfg(feature = "runtime")]
+mod immortal;
 pub mod http;
 pub mod limits;
 #[cfg(feature = "runtime")]

@@ -271,6 +271,19 @@ async fn handler_reads_its_own_data_files() {
     );
 }
 
+/// The build makes every object alive at the end of the import immortal,
+/// so that requests do not write their reference counts (see
+/// host/src/immortal.rs); a silent failure there would only be slower, so
+/// check it took effect. What a request creates stays mortal.
+#[tokio::test]
+async fn snapshot_objects_are_immortal_and_new_ones_are_not() {
+    let h = handler("api");
+    assert_eq!(
+        json(ok(&get(&h, "/immortal").await)),
+        json!({"module_global": true, "function": true, "made_here": false})
+    );
+}
+
 #[tokio::test]
 async fn stdlib_module_not_imported_at_build_time_imports_lazily() {
     let h = handler("api");
