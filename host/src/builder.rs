@@ -362,9 +362,16 @@ fn immortalize(image: &mut [u8], listing: &Path) -> usize {
     };
     let done = immortal::apply(image, &listing);
     if done.patched == 0 && done.listed > 0 {
-        tracing::warn!(listed = done.listed, "no listed object matched the memory image");
+        tracing::warn!(
+            listed = done.listed,
+            "no listed object matched the memory image"
+        );
     }
-    tracing::debug!(listed = done.listed, patched = done.patched, "made the snapshot's objects immortal");
+    tracing::debug!(
+        listed = done.listed,
+        patched = done.patched,
+        "made the snapshot's objects immortal"
+    );
     done.patched
 }
 

@@ -142,7 +142,10 @@ async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
     let image = first.app_dir().parent().unwrap().join("memory.img");
     assert!(fs::metadata(&image).unwrap().len() > 4 << 20);
     // The snapshot's objects were made immortal in it (see host/src/immortal.rs).
-    assert!(meta["immortal_objects"].as_u64().unwrap() > 10_000, "{meta}");
+    assert!(
+        meta["immortal_objects"].as_u64().unwrap() > 10_000,
+        "{meta}"
+    );
     assert_eq!(*builds.borrow(), 1, "the second load must not build");
     assert_eq!(ok(&get(&second, "/").await).body, b"one");
 

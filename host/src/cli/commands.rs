@@ -346,6 +346,9 @@ mod tests {
             log_directives(Some("debug,cranelift=info")),
             "debug,cranelift=info"
         );
-        assert_eq!(log_directives(Some("pycage::guest=debug")), "pycage::guest=debug");
+        assert_eq!(
+            log_directives(Some("pycage::guest=debug")),
+            "pycage::guest=debug"
+        );
     }
 }
