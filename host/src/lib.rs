@@ -46,14 +46,16 @@ pub mod error;
 mod flatten;
 #[cfg(feature = "runtime")]
 pub mod guest;
+pub mod http;
 #[cfg(feature = "runtime")]
 mod immortal;
-pub mod http;
 pub mod limits;
 #[cfg(feature = "runtime")]
 mod memory;
 #[cfg(feature = "runtime")]
 pub mod output;
+#[cfg(feature = "runtime")]
+mod preopens;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 #[cfg(feature = "runtime")]

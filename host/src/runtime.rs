@@ -14,10 +14,12 @@ use crate::builder::{self, Built, LoadEvent};
 use crate::cache::Cache;
 use crate::code_cache::CodeCache;
 use crate::error::{DispatchError, LoadError};
+use crate::guest;
 use crate::http::Request;
 use crate::limits::Limits;
 use crate::memory::{IdleBudget, ResetStats, SlotMemories};
-use crate::sandbox::{self, Exchange, Mounts, SandboxState};
+use crate::preopens::{self, Preopens};
+use crate::sandbox::{self, Exchange, SandboxState};
 use crate::stacks::StackPool;
 use crate::stage::HandlerSource;
 use crate::wit::SandboxPre;
@@ -217,10 +219,26 @@ impl Runtime {
             self.config.build_timeout,
             on_event,
         )?;
+        let app_dir = Built::app_dir(&built.dir);
+        let stdlib_dir = cache.stdlib_dir().join("python");
         let layers = built.layer_mounts();
+        let preopens = Preopens::open(
+            [
+                (stdlib_dir.as_path(), guest::GUEST_STDLIB_DIR),
+                (app_dir.as_path(), guest::GUEST_APP_DIR),
+                (app_dir.as_path(), guest::GUEST_IMPORT_DIR),
+            ]
+            .into_iter()
+            .chain(
+                layers
+                    .iter()
+                    .map(|(dir, mount)| (dir.as_path(), mount.as_str())),
+            ),
+        )?;
         memories.set_image(built.memory_image);
         let mut linker = Linker::new(&engine);
         let pre = wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| preopens::add_to_linker(&mut linker, SandboxState::preopens))
             .and_then(|()| linker.instantiate_pre(&built.component))
             .and_then(SandboxPre::new)
             .map_err(|source| LoadError::Compile {
@@ -231,9 +249,8 @@ impl Runtime {
         Ok(Handler {
             inner: Arc::new(HandlerInner {
                 pre,
-                app_dir: Built::app_dir(&built.dir),
-                layers,
-                stdlib_dir: cache.stdlib_dir().join("python"),
+                app_dir,
+                preopens,
                 source: source.path,
                 entry_module: built.meta.entry_module,
                 cache_hit: built.cache_hit,
@@ -262,9 +279,8 @@ pub struct Handler {
 struct HandlerInner {
     pre: SandboxPre<SandboxState>,
     app_dir: PathBuf,
-    /// Dependency layers: host directory and guest mount.
-    layers: Vec<(PathBuf, String)>,
-    stdlib_dir: PathBuf,
+    /// The read-only directories every instance is granted.
+    preopens: Preopens,
     source: PathBuf,
     entry_module: String,
     cache_hit: bool,
@@ -310,14 +326,6 @@ impl Gate {
 }
 
 impl Handler {
-    fn mounts(&self) -> Mounts<'_> {
-        Mounts {
-            app: &self.inner.app_dir,
-            layers: &self.inner.layers,
-            stdlib: &self.inner.stdlib_dir,
-        }
-    }
-
     /// Run `request` in a brand-new instance and drop the instance afterwards.
     ///
     /// Waits (at most the runtime's queue timeout) for an instance slot.
@@ -333,8 +341,13 @@ impl Handler {
             Ok(permits) => permits,
             Err(error) => return Exchange::refused(error),
         };
-        let (mut exchange, spent) =
-            sandbox::dispatch(&self.inner.pre, &self.mounts(), &self.inner.limits, request).await;
+        let (mut exchange, spent) = sandbox::dispatch(
+            &self.inner.pre,
+            &self.inner.preopens,
+            &self.inner.limits,
+            request,
+        )
+        .await;
         match self.inner.teardown {
             Teardown::Background => {
                 // A task on the runtime, not the blocking pool: the reset is
@@ -367,7 +380,7 @@ impl Handler {
         let _permits = self.inner.gate.enter().await?;
         sandbox::dispatch_reused(
             &self.inner.pre,
-            &self.mounts(),
+            &self.inner.preopens,
             &self.inner.limits,
             &request,
             n,
@@ -385,7 +398,8 @@ impl Handler {
     pub async fn routes(&self) -> Result<Vec<RouteInfo>, DispatchError> {
         let _permits = self.inner.gate.enter().await?;
         let routes =
-            sandbox::guest_routes(&self.inner.pre, &self.mounts(), &self.inner.limits).await?;
+            sandbox::guest_routes(&self.inner.pre, &self.inner.preopens, &self.inner.limits)
+                .await?;
         Ok(routes
             .into_iter()
             .map(|r| RouteInfo {

@@ -1,18 +1,17 @@
 //! One request in one brand-new instance: the capabilities it gets, the
 //! limits it runs under, and how its outcome is classified.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{DirPerms, FilePerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::error::DispatchError;
-use crate::guest;
 use crate::http::{Request, Response};
 use crate::limits::Limits;
 use crate::output::{CappedPipe, CapturedOutput};
+use crate::preopens::{Preopens, PreopensView};
 use crate::runtime::MAX_TABLE_ELEMENTS;
 use crate::wit::{SandboxPre, types};
 
@@ -24,6 +23,18 @@ pub(crate) struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
     memory: MemoryLimiter,
+    /// The handler's read-only directories (see `crate::preopens`).
+    preopens: Preopens,
+}
+
+impl SandboxState {
+    /// For `crate::preopens::add_to_linker`.
+    pub(crate) fn preopens(&mut self) -> PreopensView<'_> {
+        PreopensView {
+            preopens: &self.preopens,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl WasiView for SandboxState {
@@ -116,70 +127,31 @@ impl Exchange {
     }
 }
 
-/// The read-only directories a request is granted.
-pub(crate) struct Mounts<'a> {
-    pub app: &'a Path,
-    pub layers: &'a [(PathBuf, String)],
-    pub stdlib: &'a Path,
-}
-
-/// Build the WASI context for one request: read-only mounts, captured output,
-/// and nothing else: no environment, no arguments, no stdin, no sockets.
-fn wasi_ctx(
-    mounts: &Mounts<'_>,
-    stdout: &CappedPipe,
-    stderr: &CappedPipe,
-) -> wasmtime::Result<WasiCtx> {
-    let mut builder = WasiCtxBuilder::new();
-    // Filesystem calls run on the calling thread instead of tokio's
-    // blocking pool: they are short reads of local, read-only files, and
-    // each hand-off to the pool and back cost more than the call (lazy
-    // imports and handlers' own file reads are such calls). Set before the
-    // preopens, which capture it.
-    builder.allow_blocking_current_thread(true);
-    builder
+/// The WASI context for one request: captured output and nothing else: no
+/// environment, no arguments, no stdin, no sockets. Its read-only
+/// directories come from the handler's [`Preopens`], not from this context.
+fn wasi_ctx(stdout: &CappedPipe, stderr: &CappedPipe) -> WasiCtx {
+    WasiCtxBuilder::new()
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
-        .preopened_dir(
-            mounts.stdlib,
-            guest::GUEST_STDLIB_DIR,
-            DirPerms::READ,
-            FilePerms::READ,
-        )?
-        .preopened_dir(
-            mounts.app,
-            guest::GUEST_APP_DIR,
-            DirPerms::READ,
-            FilePerms::READ,
-        )?
-        .preopened_dir(
-            mounts.app,
-            guest::GUEST_IMPORT_DIR,
-            DirPerms::READ,
-            FilePerms::READ,
-        )?;
-    for (dir, mount) in mounts.layers {
-        builder.preopened_dir(dir, mount, DirPerms::READ, FilePerms::READ)?;
-    }
-    Ok(builder.build())
+        .build()
 }
 
 /// A new Store for one instance, with its limits armed.
 fn new_store(
     pre: &SandboxPre<SandboxState>,
-    mounts: &Mounts<'_>,
+    preopens: &Preopens,
     limits: &Limits,
     stdout: &CappedPipe,
     stderr: &CappedPipe,
-) -> Result<Store<SandboxState>, DispatchError> {
-    let wasi = wasi_ctx(mounts, stdout, stderr)
-        .map_err(|e| DispatchError::Instantiate(format!("{e:#}")))?;
+) -> Store<SandboxState> {
     let state = SandboxState {
-        wasi,
+        wasi: wasi_ctx(stdout, stderr),
         table: ResourceTable::new(),
+        preopens: preopens.clone(),
         memory: MemoryLimiter {
             limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
             total: 0,
@@ -204,7 +176,7 @@ fn new_store(
             Ok(UpdateDeadline::Yield(1))
         }
     });
-    Ok(store)
+    store
 }
 
 /// A finished request's instance, still holding its memory slot until
@@ -219,14 +191,23 @@ pub(crate) struct Spent(
 
 pub(crate) async fn dispatch(
     pre: &SandboxPre<SandboxState>,
-    mounts: &Mounts<'_>,
+    preopens: &Preopens,
     limits: &Limits,
     request: Request,
-) -> (Exchange, Option<Spent>) {
+) -> (Exchange, Spent) {
     let stdout = CappedPipe::new(limits.max_output_bytes);
     let stderr = CappedPipe::new(limits.max_output_bytes);
     let mut timings = Timings::default();
-    let (result, spent) = run(pre, mounts, limits, request, &stdout, &stderr, &mut timings).await;
+    let (result, spent) = run(
+        pre,
+        preopens,
+        limits,
+        request,
+        &stdout,
+        &stderr,
+        &mut timings,
+    )
+    .await;
     let exchange = Exchange {
         result,
         stdout: stdout.take(),
@@ -239,18 +220,15 @@ pub(crate) async fn dispatch(
 
 async fn run(
     pre: &SandboxPre<SandboxState>,
-    mounts: &Mounts<'_>,
+    preopens: &Preopens,
     limits: &Limits,
     request: Request,
     stdout: &CappedPipe,
     stderr: &CappedPipe,
     timings: &mut Timings,
-) -> (Result<Response, DispatchError>, Option<Spent>) {
+) -> (Result<Response, DispatchError>, Spent) {
     let started = Instant::now();
-    let mut store = match new_store(pre, mounts, limits, stdout, stderr) {
-        Ok(store) => store,
-        Err(error) => return (Err(error), None),
-    };
+    let mut store = new_store(pre, preopens, limits, stdout, stderr);
 
     let wit_request = to_wit(request);
     let mut instantiated = None;
@@ -264,12 +242,16 @@ async fn run(
     };
     let outcome = tokio::time::timeout(limits.timeout, call).await;
     let finished = Instant::now();
+    let result = match (instantiated, outcome) {
+        // Instantiating failed: the host could not provide the instance
+        // (a memory slot, say), which is not the guest's doing.
+        (None, Ok(Err(error))) => Err(DispatchError::Instantiate(format!("{error:#}"))),
+        (_, outcome) => settle_dispatch(outcome, store.data().memory.hit, limits),
+    };
     let instantiated = instantiated.unwrap_or(finished);
     timings.instantiate = instantiated - started;
     timings.call = finished - instantiated;
-    let memory_hit = store.data().memory.hit;
-    let result = settle_dispatch(outcome, memory_hit, limits);
-    (result, Some(Spent(store)))
+    (result, Spent(store))
 }
 
 /// The outcome of the guest's `dispatch` call, classified.
@@ -323,13 +305,13 @@ fn settle_dispatch(
 /// so this is the lower bound for the Python work itself, not isolation.
 pub(crate) async fn dispatch_reused(
     pre: &SandboxPre<SandboxState>,
-    mounts: &Mounts<'_>,
+    preopens: &Preopens,
     limits: &Limits,
     request: &Request,
     n: usize,
 ) -> Result<Vec<Duration>, DispatchError> {
     let sink = CappedPipe::new(0);
-    let mut store = new_store(pre, mounts, limits, &sink, &sink)?;
+    let mut store = new_store(pre, preopens, limits, &sink, &sink);
     let wit_request = to_wit(request.clone());
     let calls = async {
         let instance = pre.instantiate_async(&mut store).await?;
@@ -376,11 +358,11 @@ fn classify_failure(error: &wasmtime::Error, limits: &Limits) -> DispatchError {
 /// Instantiate once and ask the guest for its route table.
 pub(crate) async fn guest_routes(
     pre: &SandboxPre<SandboxState>,
-    mounts: &Mounts<'_>,
+    preopens: &Preopens,
     limits: &Limits,
 ) -> Result<Vec<types::Route>, DispatchError> {
     let sink = CappedPipe::new(0);
-    let mut store = new_store(pre, mounts, limits, &sink, &sink)?;
+    let mut store = new_store(pre, preopens, limits, &sink, &sink);
     let call = async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance
