@@ -132,6 +132,12 @@ impl Exchange {
 /// directories come from the handler's [`Preopens`], not from this context.
 fn wasi_ctx(stdout: &CappedPipe, stderr: &CappedPipe) -> WasiCtx {
     WasiCtxBuilder::new()
+        // Files the guest opens run their calls on the calling thread, like
+        // the directories (see `crate::preopens`): short reads of local,
+        // read-only files, for which a hand-off to tokio's blocking pool
+        // and back cost more than the call. wasmtime-wasi takes this flag
+        // from the context when it opens a file.
+        .allow_blocking_current_thread(true)
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .allow_tcp(false)
