@@ -248,11 +248,15 @@ async fn run(
     };
     let outcome = tokio::time::timeout(limits.timeout, call).await;
     let finished = Instant::now();
+    let memory_hit = store.data().memory.hit;
     let result = match (instantiated, outcome) {
-        // Instantiating failed: the host could not provide the instance
-        // (a memory slot, say), which is not the guest's doing.
-        (None, Ok(Err(error))) => Err(DispatchError::Instantiate(format!("{error:#}"))),
-        (_, outcome) => settle_dispatch(outcome, store.data().memory.hit, limits),
+        // Instantiating failed, and not because the image is larger than
+        // the memory limit: the host could not provide the instance (a
+        // memory slot, say), which is not the guest's doing.
+        (None, Ok(Err(error))) if !memory_hit => {
+            Err(DispatchError::Instantiate(format!("{error:#}")))
+        }
+        (_, outcome) => settle_dispatch(outcome, memory_hit, limits),
     };
     let instantiated = instantiated.unwrap_or(finished);
     timings.instantiate = instantiated - started;

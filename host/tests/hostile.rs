@@ -294,3 +294,40 @@ async fn nothing_survives_into_the_next_request() {
         json!({"global": null, "builtins": null, "environ": null, "module_attr": null, "sys_modules": false, "file": false})
     );
 }
+
+/// A handler whose snapshot alone is larger than its memory limit cannot be
+/// instantiated: that is the memory limit's doing, and reported as such (not
+/// as the host failing to provide an instance).
+#[tokio::test]
+async fn a_snapshot_larger_than_the_memory_limit_hits_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("heavy.py");
+    std::fs::write(
+        &path,
+        "from pycage import route\n\nBLOB = bytearray(24 << 20)\n\n\
+         @route('/')\ndef size():\n    return {'size': len(BLOB)}\n",
+    )
+    .unwrap();
+    let limited = LoadOptions {
+        limits: Limits {
+            memory_bytes: 16 << 20,
+            ..Limits::default()
+        },
+        ..LoadOptions::default()
+    };
+    let h = runtime().load(&path, &limited, &|_| {}).expect("loads");
+    let exchange = get(&h, "/").await;
+    expect_error(
+        &exchange,
+        "/",
+        |e| matches!(e, DispatchError::MemoryLimit { limit_bytes } if *limit_bytes == 16 << 20),
+    );
+    // The same image under the default limit serves.
+    let roomy = runtime()
+        .load(&path, &LoadOptions::default(), &|_| {})
+        .expect("loads");
+    assert_eq!(
+        common::json(ok(&get(&roomy, "/").await)),
+        json!({"size": 24 << 20})
+    );
+}
