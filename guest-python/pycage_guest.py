@@ -274,7 +274,7 @@ def _fill_free_memory(highest):
     reset then copies back. Once none is left, the allocator (dlmalloc: this
     CPython is built without pymalloc) serves every request from the top of
     the heap, where its objects sit together on a few pages: a hello
-    request writes 115 pages instead of 185.
+    request writes 75 pages instead of 111 (`bench --quick`).
 
     An `object()` is the smallest block (16 bytes), so allocating them takes
     every free block of any size: dlmalloc prefers any free block to the
