@@ -6,10 +6,11 @@
 //! build finds almost all of its ~15,000 functions here and compiles only
 //! what is new (measured in the README's performance section).
 //!
-//! Entries are native code that is used without validation, like the cached
-//! `.cwasm` images next to them, so they live under the same private cache
-//! root. Each file starts with a BLAKE3 checksum of its value: a torn or
-//! damaged entry reads as a miss and is compiled afresh, never loaded.
+//! Entries are native code that is linked into later builds, so they live
+//! under the same private cache root as the images, and each file starts
+//! with a MAC of its value under the cache owner's key (`cache::seal`): a
+//! torn, damaged or planted entry reads as a miss and is compiled afresh,
+//! never linked.
 
 use std::borrow::Cow;
 use std::fs;
@@ -18,8 +19,14 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::CacheStore;
 
-/// Length of the checksum in front of each value.
+use crate::cache::seal::SealKey;
+
+/// Length of the MAC in front of each value.
 const CHECKSUM_LEN: usize = blake3::OUT_LEN;
+/// The MAC's domain.
+const CONTEXT: &str = "pycage code cache entry";
+/// No compiled function is anywhere near this big; a larger file is not one.
+const MAX_ENTRY_BYTES: u64 = 64 << 20;
 
 /// Beyond this many bytes of entries the cache is emptied before the next
 /// build. One toolchain's functions take ~35 MB and each new handler adds
@@ -30,12 +37,14 @@ pub(crate) const CODE_CACHE_LIMIT: u64 = 512 << 20;
 #[derive(Debug)]
 pub(crate) struct CodeCache {
     dir: PathBuf,
+    key: SealKey,
 }
 
 impl CodeCache {
-    /// A cache whose entries live under `dir` (created on first insert).
-    pub(crate) fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    /// A cache whose entries live under `dir` (created on first insert),
+    /// sealed with `key`.
+    pub(crate) fn new(dir: PathBuf, key: SealKey) -> Self {
+        Self { dir, key }
     }
 
     /// `<dir>/<first two hex digits>/<hex>`, from a hash of the key: keys
@@ -72,11 +81,14 @@ impl CodeCache {
 
     fn write(&self, path: &Path, value: &[u8]) -> std::io::Result<()> {
         let parent = path.parent().expect("entries live in a fan-out directory");
-        fs::create_dir_all(parent)?;
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(parent)?;
         // Written aside and renamed into place, so that a reader (another
         // compile thread, another pycage) sees a whole entry or none.
         let mut file = tempfile::NamedTempFile::new_in(parent)?;
-        file.write_all(blake3::hash(value).as_bytes())?;
+        file.write_all(&self.key.mac(CONTEXT, value))?;
         file.write_all(value)?;
         file.persist(path).map_err(|e| e.error)?;
         Ok(())
@@ -85,12 +97,18 @@ impl CodeCache {
 
 impl CacheStore for CodeCache {
     fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
-        let mut bytes = fs::read(self.entry(key)).ok()?;
+        let path = self.entry(key);
+        let mut bytes = crate::untrusted_fs::read_file_in(
+            path.parent()?,
+            path.file_name()?.to_str()?,
+            MAX_ENTRY_BYTES,
+        )
+        .ok()??;
         if bytes.len() < CHECKSUM_LEN {
             return None;
         }
         let value = &bytes[CHECKSUM_LEN..];
-        if blake3::hash(value).as_bytes() != &bytes[..CHECKSUM_LEN] {
+        if !self.key.verify(CONTEXT, value, &bytes[..CHECKSUM_LEN]) {
             return None;
         }
         bytes.drain(..CHECKSUM_LEN);
@@ -110,7 +128,7 @@ mod tests {
     #[test]
     fn round_trips_and_misses_on_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CodeCache::new(dir.path().join("code"));
+        let cache = CodeCache::new(dir.path().join("code"), SealKey::fixed(7));
         assert!(cache.get(b"key").is_none());
         assert!(cache.insert(b"key", b"compiled code".to_vec()));
         assert_eq!(cache.get(b"key").as_deref(), Some(&b"compiled code"[..]));
@@ -125,6 +143,11 @@ mod tests {
         fs::write(&path, &bytes[..10]).unwrap();
         assert!(cache.get(b"key").is_none());
 
+        // An entry sealed under another cache's key is not linked.
+        let other = CodeCache::new(dir.path().join("code"), SealKey::fixed(8));
+        assert!(cache.insert(b"key", b"compiled code".to_vec()));
+        assert!(other.get(b"key").is_none());
+
         // Re-inserting repairs it.
         assert!(cache.insert(b"key", b"compiled code".to_vec()));
         assert_eq!(cache.get(b"key").as_deref(), Some(&b"compiled code"[..]));
@@ -133,7 +156,7 @@ mod tests {
     #[test]
     fn trim_empties_only_past_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = CodeCache::new(dir.path().join("code"));
+        let cache = CodeCache::new(dir.path().join("code"), SealKey::fixed(7));
         cache.trim(0); // no directory yet: nothing to do
         for key in [&b"a"[..], b"b", b"c"] {
             assert!(cache.insert(key, vec![7; 1000]));
