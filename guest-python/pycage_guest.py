@@ -30,6 +30,8 @@ from pycage._http import Headers, HTTPError, Request
 # to this many characters and shown by the host (the rest is dropped).
 _BUILD_OUTPUT_LIMIT = 64 * 1024
 _TRACEBACK_LIMIT = 64 * 1024
+# The host refuses a larger route table (host/src/runtime.rs, MAX_ROUTES).
+_MAX_ROUTES = 4096
 
 
 class _NoRoutes(Exception):
@@ -160,6 +162,10 @@ def _load():
         if not routes:
             raise _NoRoutes(
                 f"{config.ENTRY_MODULE} declares no routes: decorate a function with @route(...)"
+            )
+        if len(routes) > _MAX_ROUTES:
+            raise _router.RouteError(
+                f"{len(routes)} routes, over the limit of {_MAX_ROUTES}"
             )
     except BaseException as exc:
         sys.stdout, sys.stderr = saved

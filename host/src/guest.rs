@@ -10,6 +10,9 @@ pub const WASMTIME_VERSION: &str = "46.0.3";
 /// The CPython version componentize-py embeds: dependencies are resolved for it.
 pub const GUEST_PYTHON_VERSION: &str = "3.14";
 
+/// The cache tag of the guest's bytecode files (`__pycache__/x.cpython-314.pyc`).
+pub(crate) const PYC_TAG: &str = "cpython-314";
+
 /// The module componentize-py imports at build time: it implements the WIT exports.
 pub(crate) const APP_MODULE: &str = "pycage_guest";
 

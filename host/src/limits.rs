@@ -11,7 +11,8 @@ pub struct Limits {
     pub memory_bytes: u64,
     /// Largest request body passed to a guest. Default 10 MiB.
     pub max_request_body: usize,
-    /// Largest response body accepted from a guest. Default 10 MiB.
+    /// Largest response accepted from a guest: its body and headers
+    /// together. Default 10 MiB.
     pub max_response_body: usize,
     /// Captured bytes per output stream (stdout, stderr) per request; the
     /// rest is dropped and flagged. Default 64 KiB.
@@ -26,6 +27,35 @@ impl Default for Limits {
             max_request_body: 10 << 20,
             max_response_body: 10 << 20,
             max_output_bytes: 64 << 10,
+        }
+    }
+}
+
+/// Bounds on one cache-miss build, which runs the tenant's module-level
+/// code: enforced on the build worker process (see
+/// `pycage::BuildIsolation::Process`). Installing declared dependencies
+/// shares the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildLimits {
+    /// Wall clock, for the import, the snapshot and the compile together
+    /// (installing dependencies has its own share of the same budget).
+    /// Default: 120 s.
+    pub timeout: Duration,
+    /// Memory of the build process (`RLIMIT_DATA`). Default: 1.5 GiB (a
+    /// build of a small handler peaks near 450 MB).
+    pub memory_bytes: u64,
+    /// Bytes the build may allocate on disk, componentize-py's temporary
+    /// files and the guest's writes included. Default: 1 GiB (a build of a
+    /// small handler uses ~150 MB).
+    pub disk_bytes: u64,
+}
+
+impl Default for BuildLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(120),
+            memory_bytes: 1536 << 20,
+            disk_bytes: 1 << 30,
         }
     }
 }

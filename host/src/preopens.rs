@@ -13,7 +13,7 @@
 //! directory listings open their own descriptor, and the permissions are
 //! the same read-only ones for every instance.
 
-use std::path::Path;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
@@ -21,35 +21,28 @@ use wasmtime_wasi::filesystem::{Descriptor, Dir};
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::{DirPerms, FilePerms, OpenMode};
 
-use crate::error::LoadError;
-
 /// A handler's mounts: open directory handles and their guest paths, in
 /// the order the guest sees them.
 #[derive(Clone)]
 pub(crate) struct Preopens(Arc<[(Dir, String)]>);
 
 impl Preopens {
-    /// Open each `(host directory, guest path)` read-only. The directories
-    /// are the handler's entries in the build cache.
-    pub(crate) fn open<'a>(
-        mounts: impl IntoIterator<Item = (&'a Path, &'a str)>,
-    ) -> Result<Self, LoadError> {
-        let dirs = mounts
+    /// Grant each open directory `(handle, guest path)` read-only. The
+    /// handles are the handler's entries in the build cache, opened (and
+    /// checked) without following links.
+    pub(crate) fn from_handles(mounts: impl IntoIterator<Item = (OwnedFd, String)>) -> Self {
+        let dirs: Vec<(Dir, String)> = mounts
             .into_iter()
-            .map(|(host, guest)| {
-                let dir = cap_std::fs::Dir::open_ambient_dir(host, cap_std::ambient_authority())
-                    .map_err(|source| LoadError::Cache {
-                        path: host.to_path_buf(),
-                        source,
-                    })?;
+            .map(|(fd, guest)| {
+                let dir = cap_std::fs::Dir::from_std_file(std::fs::File::from(fd));
                 // Filesystem calls run on the calling thread: they are short
                 // reads of local, read-only files, and a hand-off to tokio's
                 // blocking pool and back cost more than the call.
                 let dir = Dir::new(dir, DirPerms::READ, FilePerms::READ, OpenMode::READ, true);
-                Ok((dir, guest.to_owned()))
+                (dir, guest)
             })
-            .collect::<Result<Vec<_>, LoadError>>()?;
-        Ok(Self(dirs.into()))
+            .collect();
+        Self(dirs.into())
     }
 }
 

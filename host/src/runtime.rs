@@ -10,9 +10,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, EngineWeak, InstanceAllocationStrategy};
 
-use crate::builder::{self, Built, LoadEvent};
+use crate::build::{self, BuildIsolation, BuildLimits, BuildSettings, LoadEvent};
 use crate::cache::Cache;
-use crate::code_cache::CodeCache;
+use crate::engine;
 use crate::error::{DispatchError, LoadError};
 use crate::guest;
 use crate::http::Request;
@@ -24,13 +24,10 @@ use crate::stacks::StackPool;
 use crate::stage::HandlerSource;
 use crate::wit::SandboxPre;
 
-pub use crate::builder::RouteInfo;
+pub use crate::build::RouteInfo;
 
 /// How often the epoch advances; the granularity of request timeouts.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
-
-/// Longest a cache-miss build may take before loading fails, by default.
-pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Process-wide settings for a [`Runtime`].
 #[derive(Debug, Clone)]
@@ -51,8 +48,13 @@ pub struct RuntimeConfig {
     /// then faults pages in again). So it also bounds the private memory an
     /// idle slot holds. Default: 16 MiB (a hello request writes ~1 MiB).
     pub keep_resident_bytes: usize,
-    /// Longest a cache-miss build may take. Default: 300 s.
-    pub build_timeout: Duration,
+    /// Where cache-miss builds run, which run the tenant's module-level
+    /// code. Default: a child process of the pycage binary, under
+    /// `build_limits`.
+    pub build_isolation: BuildIsolation,
+    /// Time, memory and disk a cache-miss build may take (see
+    /// [`BuildLimits`] for the defaults).
+    pub build_limits: BuildLimits,
     /// When a finished request's instance is torn down. Default: in the
     /// background, after the response is returned.
     pub teardown: Teardown,
@@ -82,7 +84,8 @@ impl RuntimeConfig {
             max_memory_bytes: 512 << 20,
             queue_timeout: Duration::from_secs(1),
             keep_resident_bytes: 16 << 20,
-            build_timeout: DEFAULT_BUILD_TIMEOUT,
+            build_isolation: BuildIsolation::default(),
+            build_limits: BuildLimits::default(),
             teardown: Teardown::default(),
         }
     }
@@ -93,7 +96,6 @@ impl RuntimeConfig {
 /// wasmtime engine, whose memory creator serves that handler's image.
 pub struct Runtime {
     config: RuntimeConfig,
-    code_cache: Arc<CodeCache>,
     stacks: StackPool,
     idle_memories: Arc<IdleBudget>,
     slots: Arc<Semaphore>,
@@ -115,42 +117,25 @@ pub struct LoadOptions {
     pub venv: Option<PathBuf>,
 }
 
+/// Most routes a handler may declare, and the longest pattern, handler
+/// name or method in its table (the glue refuses more at build time).
+pub const MAX_ROUTES: usize = 4096;
+const MAX_ROUTE_TEXT: usize = 1024;
+
 /// libpython's function table has ~5,700 entries; this bounds its growth.
 pub(crate) const MAX_TABLE_ELEMENTS: usize = 1 << 16;
 
 /// The engine of one handler. Its linear memories come from `memories`
 /// (see `crate::memory`), which is why each handler has an engine of its
 /// own: a memory creator belongs to an engine, and each serves one image.
-fn engine_config(
-    code_cache: &Arc<CodeCache>,
-    memories: SlotMemories,
-    stacks: &StackPool,
-) -> Config {
-    let mut wasm = Config::new();
-    wasm.wasm_component_model(true)
-        .epoch_interruption(true)
-        // wasmtime's own copy-on-write images assume its own mappings; ours
-        // map the image the build moved out of the data segments.
-        .memory_init_cow(false)
-        .with_host_memory(Arc::new(memories))
+fn engine_config(memories: SlotMemories, stacks: &StackPool) -> Config {
+    // Builds compile in their own engine (see `crate::build::job`); this one
+    // only loads what they made.
+    let mut wasm = engine::config(None);
+    wasm.with_host_memory(Arc::new(memories))
         // Stacks are shared by all handlers and reused (see `crate::stacks`).
         .with_host_stack(Arc::new(stacks.clone()))
-        .allocation_strategy(InstanceAllocationStrategy::OnDemand)
-        // The guest is a synchronous component: no async exports, streams
-        // or futures. With the component model's concurrency machinery on,
-        // every Store keeps a parked fiber that its drop must resume with an
-        // error, and wasmtime captures a backtrace for that error whenever
-        // RUST_BACKTRACE is set: ~20 µs per request for nothing. Off, the
-        // async features that need it are refused at compile time too.
-        .concurrency_support(false);
-    // Set PYCAGE_PERFMAP=1 to have `perf` name the guest's functions: wasmtime
-    // then writes /tmp/perf-<pid>.map. For profiling only.
-    if std::env::var_os("PYCAGE_PERFMAP").is_some() {
-        wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
-    }
-    // Only compilation consults it; requests never do.
-    wasm.enable_incremental_compilation(code_cache.clone())
-        .expect("the engine has a compiler");
+        .allocation_strategy(InstanceAllocationStrategy::OnDemand);
     wasm
 }
 
@@ -162,7 +147,6 @@ impl Runtime {
 
     pub fn with_config(config: RuntimeConfig) -> anyhow::Result<Self> {
         Ok(Self {
-            code_cache: Arc::new(CodeCache::new(config.cache.code_dir())),
             stacks: StackPool::new(config.max_instances.max(1) as usize),
             idle_memories: IdleBudget::new(config.max_instances.max(1) as usize),
             slots: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
@@ -203,38 +187,41 @@ impl Runtime {
                 maximum: self.config.max_memory_bytes,
             });
         }
-        let cache = &self.config.cache;
         let memories =
             SlotMemories::new(self.config.keep_resident_bytes, self.idle_memories.clone());
-        let config = engine_config(&self.code_cache, memories.clone(), &self.stacks);
+        let config = engine_config(memories.clone(), &self.stacks);
         let engine = Engine::new(&config).map_err(|error| LoadError::Compile {
             path: source.path.clone(),
             source: error,
         })?;
-        let built = builder::ensure_built(
+        let settings = BuildSettings {
+            cache: self.config.cache.clone(),
+            isolation: self.config.build_isolation.clone(),
+            limits: self.config.build_limits,
+            // A snapshot bigger than any instance may grow to can never run.
+            max_component_bytes: self.config.max_memory_bytes + (128 << 20),
+        };
+        let ready = build::ensure_built(
             &engine,
-            cache,
+            &settings,
             &source,
             options.venv.as_deref(),
-            self.config.build_timeout,
             on_event,
         )?;
-        let app_dir = Built::app_dir(&built.dir);
-        let stdlib_dir = cache.stdlib_dir().join("python");
-        let layers = built.layer_mounts();
-        let preopens = Preopens::open(
+        let built = ready.built;
+        let app_dir = built.dir.join("app");
+        let preopens = Preopens::from_handles(
             [
-                (stdlib_dir.as_path(), guest::GUEST_STDLIB_DIR),
-                (app_dir.as_path(), guest::GUEST_APP_DIR),
-                (app_dir.as_path(), guest::GUEST_IMPORT_DIR),
+                (ready.stdlib, guest::GUEST_STDLIB_DIR.to_owned()),
+                (
+                    clone_fd(&built.app, &app_dir)?,
+                    guest::GUEST_APP_DIR.to_owned(),
+                ),
+                (built.app, guest::GUEST_IMPORT_DIR.to_owned()),
             ]
             .into_iter()
-            .chain(
-                layers
-                    .iter()
-                    .map(|(dir, mount)| (dir.as_path(), mount.as_str())),
-            ),
-        )?;
+            .chain(built.layers),
+        );
         memories.set_image(built.memory_image);
         let mut linker = Linker::new(&engine);
         let pre = wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -400,14 +387,33 @@ impl Handler {
         let routes =
             sandbox::guest_routes(&self.inner.pre, &self.inner.preopens, &self.inner.limits)
                 .await?;
-        Ok(routes
+        // Guest-made: bounded here, escaped wherever it is shown.
+        if routes.len() > MAX_ROUTES {
+            return Err(DispatchError::InvalidResponse(format!(
+                "the route table has {} entries, over the limit of {MAX_ROUTES}",
+                routes.len()
+            )));
+        }
+        let too_long = |text: &str| text.len() > MAX_ROUTE_TEXT;
+        routes
             .into_iter()
-            .map(|r| RouteInfo {
-                pattern: r.pattern,
-                methods: r.methods,
-                handler: r.handler,
+            .map(|r| {
+                if too_long(&r.pattern)
+                    || too_long(&r.handler)
+                    || r.methods.len() > 32
+                    || r.methods.iter().any(|m| too_long(m))
+                {
+                    return Err(DispatchError::InvalidResponse(format!(
+                        "a route entry is over {MAX_ROUTE_TEXT} bytes or 32 methods"
+                    )));
+                }
+                Ok(RouteInfo {
+                    pattern: r.pattern,
+                    methods: r.methods,
+                    handler: r.handler,
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub fn limits(&self) -> &Limits {
@@ -432,6 +438,13 @@ impl Handler {
     pub fn cache_hit(&self) -> bool {
         self.inner.cache_hit
     }
+}
+
+fn clone_fd(fd: &std::os::fd::OwnedFd, path: &Path) -> Result<std::os::fd::OwnedFd, LoadError> {
+    fd.try_clone().map_err(|source| LoadError::Cache {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Advances every loaded handler's engine's epoch every [`EPOCH_TICK`]

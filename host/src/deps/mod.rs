@@ -20,7 +20,7 @@
 pub mod install;
 pub mod native;
 pub mod pyproject;
-pub mod venv;
+pub(crate) mod venv;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::builder::LoadEvent;
+use crate::build::LoadEvent;
 use crate::cache::Cache;
 use crate::error::LoadError;
 use crate::stage::{self, HandlerSource, Snapshot, Tree};
@@ -68,25 +68,10 @@ impl Layer {
     pub fn mount(index: usize) -> String {
         format!("/{}", index + FIRST_LAYER_MOUNT)
     }
-
-    /// Copy the layer's files into `dir` (a fresh directory).
-    pub(crate) fn write_to(&self, dir: &Path) -> Result<(), LoadError> {
-        let io = |source| LoadError::Io {
-            path: dir.to_path_buf(),
-            source,
-        };
-        match &self.contents {
-            LayerContents::Files(snapshot) => snapshot.write_to(dir).map_err(io),
-            LayerContents::Installed { dir: installed, .. } => {
-                let snapshot = stage::snapshot_tree(&installed.join(SITE), &Tree::INSTALLED)?;
-                snapshot.write_to(dir).map_err(io)
-            }
-        }
-    }
 }
 
 /// Where an installed layer keeps its packages, inside its cache entry.
-const SITE: &str = "site-packages";
+pub(crate) const SITE: &str = "site-packages";
 /// The record of what an installed layer holds.
 const LAYER_RECORD: &str = "layer.json";
 
@@ -131,19 +116,17 @@ pub(crate) fn layers(
         }
     }
     if let Some(venv) = venv {
-        let site = venv::site_packages(venv)?;
-        let mut trees = vec![site.clone()];
-        trees.extend(venv::pth_dirs(&site)?);
-        for tree in trees {
-            let snapshot = stage::snapshot_tree(&tree, &Tree::VENV)?;
-            for (path, reason) in &snapshot.skipped {
+        for granted in venv::read(venv)? {
+            for (path, reason) in &granted.snapshot.skipped {
                 on_event(LoadEvent::Skipped { path, reason });
             }
-            check_native(&snapshot, &[""], &tree)?;
-            on_event(LoadEvent::Granting { path: &tree });
+            check_native(&granted.snapshot, &[""], &granted.path)?;
+            on_event(LoadEvent::Granting {
+                path: &granted.path,
+            });
             layers.push(Layer {
-                origin: tree,
-                contents: LayerContents::Files(snapshot),
+                origin: granted.path,
+                contents: LayerContents::Files(granted.snapshot),
             });
         }
     }
@@ -234,5 +217,5 @@ fn install_layer(
         serde_json::to_vec_pretty(&record).expect("record serialises"),
     )
     .map_err(|e| cache.error(&record_path, e))?;
-    cache.publish(scratch, dir)
+    cache.publish(scratch.path(), dir)
 }

@@ -33,13 +33,17 @@ impl MemoryImage {
 
     /// Map the image file at `path`. Its length must be a multiple of the
     /// host page size (`write` pads it).
+    #[cfg(test)]
     pub(crate) fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
+        Self::from_file(File::open(path)?)
+    }
+
+    /// Map the open image `file`.
+    pub(crate) fn from_file(file: File) -> io::Result<Self> {
         let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
         if !len.is_multiple_of(page_size()) {
             return Err(io::Error::other(format!(
-                "{}: {len} bytes is not a whole number of pages",
-                path.display()
+                "{len} bytes is not a whole number of pages"
             )));
         }
         if len == 0 {

@@ -1,0 +1,302 @@
+//! Turning a handler into a cached, compiled sandbox image.
+//!
+//! The pipeline ([`ensure_built`]): stage the handler's files (read once,
+//! without following links), key them with their dependency layers, and
+//! load the sealed cache entry of that key if there is one. On a miss:
+//! install declared dependencies, export the standard library (once per
+//! toolchain), lay the inputs out for componentize-py, and hand the build
+//! to a worker process under hard limits (`worker`), which imports the
+//! handler, snapshots it, flattens and compiles the result (`job`). The
+//! host then assembles the entry from what it staged plus the bytecode the
+//! guest compiled (`entry`), seals and publishes it.
+
+mod componentize;
+mod entry;
+pub(crate) mod job;
+mod report;
+mod stdlib;
+pub(crate) mod worker;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::Engine;
+
+use crate::cache::{self, Cache};
+use crate::deps::{self, Layer, LayerContents};
+use crate::error::LoadError;
+use crate::guest;
+use crate::guest_text;
+use crate::stage::{HandlerSource, Snapshot, Tree};
+use crate::wit;
+pub(crate) use entry::Built;
+use job::{Job, JobKind, Outcome};
+use worker::WorkerError;
+pub use worker::{BuildIsolation, BuildLimits, WORKER_ARG, worker_main};
+
+/// One row of the route table, as declared with `@route`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub pattern: String,
+    pub methods: Vec<String>,
+    pub handler: String,
+}
+
+/// Progress and diagnostics while loading; the CLI prints them, an embedder
+/// may log or ignore them. Paths and texts in them may come from the
+/// tenant (file names) or the guest (build output): escape them before
+/// showing them (`pycage::guest_text`).
+#[derive(Debug)]
+pub enum LoadEvent<'a> {
+    /// A file or directory entry that was not copied into the image.
+    Skipped { path: &'a Path, reason: &'a str },
+    /// A one-time export of the standard library is starting.
+    PreparingStdlib,
+    /// Dependencies declared in a pyproject.toml are being installed (cache miss).
+    InstallingDependencies {
+        pyproject: &'a Path,
+        installer: &'a str,
+        requirements: &'a [String],
+    },
+    /// A virtualenv directory is copied in and granted read-only.
+    Granting { path: &'a Path },
+    /// The handler is being built (cache miss).
+    Building { source: &'a Path },
+    /// Output the handler printed while being imported at build time.
+    BuildOutput { text: &'a str, truncated: bool },
+    /// The build finished.
+    Built { elapsed: Duration },
+}
+
+/// How builds run: shared by every load of one runtime.
+#[derive(Debug, Clone)]
+pub(crate) struct BuildSettings {
+    pub cache: Cache,
+    pub isolation: BuildIsolation,
+    pub limits: BuildLimits,
+    /// The largest component worth compiling (see [`Job`]).
+    pub max_component_bytes: u64,
+}
+
+/// What a build reads besides the handler's own files: the stdlib export.
+pub(crate) struct Ready {
+    pub built: Built,
+    pub stdlib: OwnedFd,
+}
+
+/// Bring `source` into the cache (building it on a miss) and load it.
+pub(crate) fn ensure_built(
+    engine: &Engine,
+    settings: &BuildSettings,
+    source: &HandlerSource,
+    venv: Option<&Path>,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<Ready, LoadError> {
+    let cache = &settings.cache;
+    let snapshot = source.snapshot();
+    for (path, reason) in &snapshot.skipped {
+        on_event(LoadEvent::Skipped { path, reason });
+    }
+    let layers = deps::layers(source, snapshot, venv, cache, on_event)?;
+    let key = cache::handler_key(&source.entry_module, snapshot, &layers);
+    if let Some(built) = entry::load(engine, cache, &key)? {
+        let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
+        return Ok(Ready { built, stdlib });
+    }
+
+    let deadline = Instant::now() + settings.limits.timeout;
+    deps::install_missing(&layers, cache, settings.limits.timeout, on_event)?;
+    let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
+    let started = Instant::now();
+    on_event(LoadEvent::Building {
+        source: &source.path,
+    });
+    let dir = cache.handler_dir(&key);
+    let scratch = cache.scratch_for(&dir)?;
+    let installed = installed_layers(&layers)?;
+    let inputs = write_inputs(scratch.path(), source, snapshot, &layers, &installed)?;
+    let out = scratch.path().join("out");
+    private_dir(cache, &out)?;
+    let job = Job {
+        kind: JobKind::Handler,
+        cache_root: cache.root().to_path_buf(),
+        wit_dir: scratch.path().join("wit"),
+        python_path: inputs.python_path.clone(),
+        app_module: guest::APP_MODULE.into(),
+        report_dir: inputs.python_path[0].clone(),
+        out_dir: out.clone(),
+        max_component_bytes: settings.max_component_bytes,
+    };
+    // Installing dependencies spent part of the build's time.
+    let limits = BuildLimits {
+        timeout: deadline.saturating_duration_since(Instant::now()),
+        ..settings.limits
+    };
+    let facts = match worker::execute(&job, &settings.isolation, &limits, scratch.path()) {
+        Ok(Outcome::Built(facts)) => facts,
+        Ok(Outcome::Refused(report)) => {
+            show_output(&report.output, report.output_truncated, on_event);
+            return Err(memory_hint(report.into_error(source), &settings.limits));
+        }
+        Ok(Outcome::Failed(detail)) => {
+            return Err(LoadError::Build {
+                path: source.path.clone(),
+                detail: guest_text::one_line(&detail, 16 << 10),
+            });
+        }
+        Err(error) => return Err(worker_error(error, source, &settings.limits)),
+    };
+    show_output(&facts.output, facts.output_truncated, on_event);
+    for warning in &facts.warnings {
+        tracing::warn!(handler = %source.path.display(), "{warning}");
+    }
+    let entry_dir = scratch.path().join("entry");
+    let assembled = entry::Inputs {
+        snapshot,
+        layers: inputs.layer_files,
+        mounts: inputs.mounts,
+    };
+    entry::assemble(
+        cache,
+        &entry_dir,
+        &assembled,
+        &out,
+        &source.entry_module,
+        &facts,
+    )?;
+    cache.publish(&entry_dir, &dir)?;
+    drop(scratch);
+    on_event(LoadEvent::Built {
+        elapsed: started.elapsed(),
+    });
+    let mut built = entry::load(engine, cache, &key)?.ok_or_else(|| LoadError::Build {
+        path: source.path.clone(),
+        detail: "the entry just built did not load".into(),
+    })?;
+    built.cache_hit = false;
+    Ok(Ready { built, stdlib })
+}
+
+fn show_output(text: &str, truncated: bool, on_event: &dyn Fn(LoadEvent<'_>)) {
+    if !text.is_empty() || truncated {
+        on_event(LoadEvent::BuildOutput { text, truncated });
+    }
+}
+
+/// A `MemoryError` at import time is most likely the build's memory limit.
+fn memory_hint(error: LoadError, limits: &BuildLimits) -> LoadError {
+    match error {
+        LoadError::Import {
+            location,
+            message,
+            traceback,
+        } if message.starts_with("MemoryError") => LoadError::Import {
+            location,
+            message: format!(
+                "{message} (importing the handler ran into the build's memory limit of {} MiB)",
+                limits.memory_bytes >> 20
+            ),
+            traceback,
+        },
+        other => other,
+    }
+}
+
+fn worker_error(error: WorkerError, source: &HandlerSource, limits: &BuildLimits) -> LoadError {
+    let path = source.path.clone();
+    match error {
+        WorkerError::Timeout(_) => LoadError::BuildTimeout {
+            path,
+            timeout: limits.timeout,
+        },
+        WorkerError::Memory(limit) => LoadError::BuildLimit {
+            path,
+            what: format!("exceeded its memory limit of {} MiB", limit >> 20),
+        },
+        WorkerError::Disk(limit) => LoadError::BuildLimit {
+            path,
+            what: format!("wrote more than its disk limit ({limit})"),
+        },
+        other => LoadError::Build {
+            path,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// The installed layers' files, read from the cache.
+fn installed_layers(layers: &[Layer]) -> Result<Vec<Option<Snapshot>>, LoadError> {
+    layers
+        .iter()
+        .map(|layer| match &layer.contents {
+            LayerContents::Files(_) => Ok(None),
+            LayerContents::Installed { dir, .. } => {
+                crate::stage::snapshot_tree(&dir.join(deps::SITE), &Tree::INSTALLED).map(Some)
+            }
+        })
+        .collect()
+}
+
+/// The build's inputs, laid out for componentize-py.
+struct Laid<'a> {
+    /// Mounted at /0 (the framework), /1 (the handler), /2... (layers).
+    python_path: Vec<PathBuf>,
+    mounts: PathBuf,
+    layer_files: Vec<&'a Snapshot>,
+}
+
+fn private_dir(cache: &Cache, dir: &Path) -> Result<(), LoadError> {
+    cache::private::create_dir_all(dir)
+        .map(drop)
+        .map_err(|e| cache.refuse(dir, e))
+}
+
+/// Write the framework, the WIT, the handler's files and its layers into
+/// the build directory, fresh from what was staged.
+fn write_inputs<'a>(
+    scratch: &Path,
+    source: &HandlerSource,
+    snapshot: &'a Snapshot,
+    layers: &'a [Layer],
+    installed: &'a [Option<Snapshot>],
+) -> Result<Laid<'a>, LoadError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LoadError::Io { path, source }
+    };
+    let mounts = scratch.join("mounts");
+    let framework = mounts.join("framework");
+    let wit_dir = scratch.join("wit");
+    let app = entry::mount_dir(&mounts, None);
+    let layer_mounts: Vec<String> = (0..layers.len()).map(Layer::mount).collect();
+    guest::write_framework(&framework, &source.entry_module, &layer_mounts)
+        .map_err(io(&framework))?;
+    cache::private::write_file(&wit_dir.join("handler.wit"), wit::WIT_SOURCE.as_bytes())
+        .map_err(io(&wit_dir))?;
+    snapshot.write_to(&app).map_err(io(&app))?;
+    std::fs::create_dir_all(&app).map_err(io(&app))?;
+    // The framework comes first (mounted at /0) so a handler file cannot
+    // shadow it; the handler is /1 (see guest::GUEST_IMPORT_DIR), then the
+    // layers (see deps::Layer::mount).
+    let mut python_path = vec![framework, app];
+    let mut layer_files = Vec::new();
+    for (index, (layer, installed)) in layers.iter().zip(installed).enumerate() {
+        let files = match (&layer.contents, installed) {
+            (LayerContents::Files(files), _) => files,
+            (LayerContents::Installed { .. }, Some(files)) => files,
+            (LayerContents::Installed { .. }, None) => unreachable!("read above"),
+        };
+        let dir = entry::mount_dir(&mounts, Some(index));
+        files.write_to(&dir).map_err(io(&dir))?;
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        python_path.push(dir);
+        layer_files.push(files);
+    }
+    Ok(Laid {
+        python_path,
+        mounts,
+        layer_files,
+    })
+}
