@@ -10,13 +10,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::limits::{Limits, parse_duration};
+use crate::limits::{BuildLimits, Limits, parse_duration};
 
 /// Defaults of the `[server]` table.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_INSTANCES: u32 = 64;
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request's whole body may take to arrive.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Client connections open at once; more wait in the listen backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -27,6 +31,13 @@ pub struct ServeConfig {
     pub max_instances: u32,
     pub queue_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// How long a request's body may take to arrive (408 after that).
+    pub body_timeout: Duration,
+    /// Client connections served at once.
+    pub max_connections: usize,
+    /// Bounds on cache-miss builds (`build_timeout`, `build_memory_mib`,
+    /// `build_disk_mib` in `[server]`).
+    pub build_limits: BuildLimits,
     pub cache_dir: Option<PathBuf>,
     pub tenants: Vec<TenantConfig>,
 }
@@ -86,6 +97,11 @@ struct RawServer {
     max_instances: Option<u32>,
     queue_timeout: Option<String>,
     shutdown_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_connections: Option<usize>,
+    build_timeout: Option<String>,
+    build_memory_mib: Option<u64>,
+    build_disk_mib: Option<u64>,
     cache_dir: Option<PathBuf>,
 }
 
@@ -191,6 +207,46 @@ impl ServeConfig {
             &server.shutdown_timeout,
             DEFAULT_SHUTDOWN_TIMEOUT,
         )?;
+        let body_timeout = duration(
+            None,
+            "server.body_timeout",
+            &server.body_timeout,
+            DEFAULT_BODY_TIMEOUT,
+        )?;
+        let max_connections = server.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=65536).contains(&max_connections) {
+            return Err(invalid(
+                None,
+                "server.max_connections",
+                format!("{max_connections} is not in 1..=65536"),
+            ));
+        }
+        let build_defaults = BuildLimits::default();
+        let mib = |key: &str, value: Option<u64>, default: u64, min: u64| match value {
+            None => Ok(default),
+            Some(mib) if (min..=65536).contains(&mib) => Ok(mib << 20),
+            Some(mib) => Err(invalid(None, key, format!("{mib} is not in {min}..=65536"))),
+        };
+        let build_limits = BuildLimits {
+            timeout: duration(
+                None,
+                "server.build_timeout",
+                &server.build_timeout,
+                build_defaults.timeout,
+            )?,
+            memory_bytes: mib(
+                "server.build_memory_mib",
+                server.build_memory_mib,
+                build_defaults.memory_bytes,
+                256,
+            )?,
+            disk_bytes: mib(
+                "server.build_disk_mib",
+                server.build_disk_mib,
+                build_defaults.disk_bytes,
+                256,
+            )?,
+        };
         let defaults = limits(
             &raw.defaults,
             &Limits::default(),
@@ -322,6 +378,9 @@ impl ServeConfig {
             max_instances,
             queue_timeout,
             shutdown_timeout,
+            body_timeout,
+            max_connections,
+            build_limits,
             cache_dir: server.cache_dir.as_ref().map(|dir| base.join(dir)),
             tenants,
         })

@@ -26,6 +26,9 @@ const HOST_OWNED_HEADERS: &[&str] = &[
 
 /// Most headers a handler response may carry.
 pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// Most bytes those headers may take together (each counted as
+/// `name: value\r\n`). They also count towards the response size limit.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 64 << 10;
 
 fn reason_phrase(status: u16) -> Option<&'static str> {
     StatusCode::from_u16(status).ok()?.canonical_reason()
@@ -151,16 +154,20 @@ impl Response {
         }
     }
 
-    /// Check a response that came from the guest; drop host-owned headers.
+    /// Check a response that came from the guest; drop host-owned headers
+    /// and the body of a status that has none (204, 205, 304). `max_size`
+    /// bounds the body and the headers together.
     pub fn from_guest(
         status: u16,
         headers: Vec<(String, Vec<u8>)>,
-        body: Vec<u8>,
-        max_body: usize,
+        mut body: Vec<u8>,
+        max_size: usize,
     ) -> Result<Self, DispatchError> {
-        if !(100..=599).contains(&status) {
+        // 1xx are interim responses (and 101 switches protocols): a handler
+        // answers with a final one.
+        if !(200..=599).contains(&status) {
             return Err(DispatchError::InvalidResponse(format!(
-                "status {status} is not in 100..=599"
+                "status {status} is not in 200..=599"
             )));
         }
         if headers.len() > MAX_RESPONSE_HEADERS {
@@ -169,8 +176,20 @@ impl Response {
                 headers.len()
             )));
         }
-        if body.len() > max_body {
-            return Err(DispatchError::ResponseTooLarge { limit: max_body });
+        let head: usize = headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
+        if head > MAX_RESPONSE_HEAD_BYTES {
+            return Err(DispatchError::InvalidResponse(format!(
+                "{head} bytes of headers, over the limit of {MAX_RESPONSE_HEAD_BYTES}"
+            )));
+        }
+        if matches!(status, 204 | 205 | 304) {
+            body.clear();
+        }
+        if body.len().saturating_add(head) > max_size {
+            return Err(DispatchError::ResponseTooLarge { limit: max_size });
         }
         let mut checked = Vec::with_capacity(headers.len());
         for (name, value) in headers {
@@ -226,12 +245,30 @@ mod tests {
                 ("Content-Length".into(), b"999".to_vec()),
             ],
             b"hi".to_vec(),
-            10,
+            100,
         )
         .unwrap();
         assert_eq!(ok.headers, vec![("x-a".to_owned(), b"1".to_vec())]);
         assert!(Response::from_guest(600, vec![], vec![], 10).is_err());
         assert!(Response::from_guest(99, vec![], vec![], 10).is_err());
+        // No interim or protocol-switching responses from a handler.
+        assert!(Response::from_guest(101, vec![], vec![], 10).is_err());
+        assert!(Response::from_guest(100, vec![], vec![], 10).is_err());
+        // Statuses without content lose what the handler put there.
+        for status in [204, 205, 304] {
+            let r = Response::from_guest(status, vec![], b"body".to_vec(), 10).unwrap();
+            assert!(r.body.is_empty(), "{status}");
+        }
+        // Headers count towards the size limit and have a bound of their own.
+        assert!(matches!(
+            Response::from_guest(200, vec![("x".into(), vec![b'a'; 8])], vec![0; 5], 10),
+            Err(DispatchError::ResponseTooLarge { .. })
+        ));
+        let huge = vec![("allow".to_owned(), vec![b'G'; MAX_RESPONSE_HEAD_BYTES])];
+        assert!(matches!(
+            Response::from_guest(200, huge, vec![], usize::MAX),
+            Err(DispatchError::InvalidResponse(_))
+        ));
         assert!(
             Response::from_guest(200, vec![("x".into(), b"a\nb".to_vec())], vec![], 10).is_err()
         );

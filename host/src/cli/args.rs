@@ -26,13 +26,24 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// Build cache directory [default: $XDG_CACHE_HOME/pycage or ~/.cache/pycage]
+    /// Build cache directory; it must belong to you and be writable by nobody else
+    /// [default: $XDG_CACHE_HOME/pycage or ~/.cache/pycage]
     #[arg(long, global = true, env = "PYCAGE_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
-    /// Print no progress or build diagnostics (errors are still printed)
+    /// Print no progress or build diagnostics (errors and grants are still printed)
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+
+    /// Longest a cache-miss build may take (installing dependencies, importing the handler,
+    /// compiling), e.g. 90s, 5m [default: 120s, or server.build_timeout from --config]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = pycage::limits::parse_duration)]
+    pub build_timeout: Option<Duration>,
+
+    /// Memory a cache-miss build may use, in MiB; the build runs the handler's module-level code
+    /// in a separate process capped at this [default: 1536, or server.build_memory_mib]
+    #[arg(long, global = true, value_name = "MIB", value_parser = clap::value_parser!(u64).range(256..=65536))]
+    pub build_memory_mib: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

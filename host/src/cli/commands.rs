@@ -9,7 +9,8 @@ use std::sync::Arc;
 use pycage::config::{self, ServeConfig, TenantConfig};
 use pycage::server::{self, Server};
 use pycage::{
-    Cache, DispatchError, Handler, Limits, LoadError, LoadOptions, Request, Runtime, RuntimeConfig,
+    BuildLimits, Cache, DispatchError, Handler, Limits, LoadError, LoadOptions, Request, Runtime,
+    RuntimeConfig,
 };
 use tracing::info;
 
@@ -39,19 +40,53 @@ impl Failure {
     }
 }
 
+/// What every command shares: where the cache is and how builds run.
+struct Common {
+    cache_dir: Option<PathBuf>,
+    build_timeout: Option<std::time::Duration>,
+    build_memory_mib: Option<u64>,
+}
+
+impl Common {
+    /// The cache named on the command line, `fallback` (a config file's),
+    /// or the default one.
+    fn cache(&self, fallback: Option<PathBuf>) -> Result<Cache, Failure> {
+        let root = match self.cache_dir.clone().or(fallback) {
+            Some(root) => root,
+            None => Cache::default_root()?,
+        };
+        Ok(Cache::new(root))
+    }
+
+    /// Build limits: the flags over `base` (a config file's, or the defaults).
+    fn build_limits(&self, base: BuildLimits) -> BuildLimits {
+        BuildLimits {
+            timeout: self.build_timeout.unwrap_or(base.timeout),
+            memory_bytes: self
+                .build_memory_mib
+                .map_or(base.memory_bytes, |mib| mib << 20),
+            ..base
+        }
+    }
+}
+
 pub fn execute(cli: Cli) -> Result<ExitCode, Failure> {
     let reporter = Reporter::new(cli.quiet);
-    let cache = || Cache::new(cli.cache_dir.clone().unwrap_or_else(Cache::default_root));
+    let common = Common {
+        cache_dir: cli.cache_dir.clone(),
+        build_timeout: cli.build_timeout,
+        build_memory_mib: cli.build_memory_mib,
+    };
     // `serve` always logs; the one-shot commands only when asked, so that
     // their stderr stays the handler's and pycage's own messages.
     if matches!(cli.command, Command::Serve(_)) || std::env::var_os("PYCAGE_LOG").is_some() {
         init_logging();
     }
     match cli.command {
-        Command::Run(args) => run(cache(), &reporter, args),
-        Command::Routes(args) => routes(cache(), &reporter, args),
-        Command::Build(args) => build(cache(), &reporter, args),
-        Command::Serve(args) => serve(cli.cache_dir.clone(), &reporter, args),
+        Command::Run(args) => run(&common, &reporter, args),
+        Command::Routes(args) => routes(&common, &reporter, args),
+        Command::Build(args) => build(&common, &reporter, args),
+        Command::Serve(args) => serve(&common, &reporter, args),
     }
 }
 
@@ -59,12 +94,13 @@ pub fn execute(cli: Cli) -> Result<ExitCode, Failure> {
 const CLI_INSTANCES: u32 = 2;
 
 fn load(
-    cache: Cache,
+    common: &Common,
     reporter: &Reporter,
     args: &HandlerArgs,
     limits: Limits,
 ) -> Result<Handler, Failure> {
-    let mut config = RuntimeConfig::new(cache);
+    let mut config = RuntimeConfig::new(common.cache(None)?);
+    config.build_limits = common.build_limits(BuildLimits::default());
     config.max_instances = CLI_INSTANCES;
     config.max_memory_bytes = limits.memory_bytes;
     let runtime = Runtime::with_config(config).map_err(Failure::Runtime)?;
@@ -130,9 +166,9 @@ fn request(args: &RunArgs) -> Result<Request, Failure> {
     Ok(request.with_body(body))
 }
 
-fn run(cache: Cache, reporter: &Reporter, args: RunArgs) -> Result<ExitCode, Failure> {
+fn run(common: &Common, reporter: &Reporter, args: RunArgs) -> Result<ExitCode, Failure> {
     let request = request(&args)?;
-    let handler = load(cache, reporter, &args.handler, limits(&args.limits))?;
+    let handler = load(common, reporter, &args.handler, limits(&args.limits))?;
     let mut worst = 0u16;
     block_on(async {
         for _ in 0..args.repeat {
@@ -175,30 +211,34 @@ fn report_dispatch_error(error: &DispatchError) {
     }
 }
 
-fn routes(cache: Cache, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCode, Failure> {
-    let handler = load(cache, reporter, &args, Limits::default())?;
+fn routes(common: &Common, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCode, Failure> {
+    let handler = load(common, reporter, &args, Limits::default())?;
     let routes = block_on(handler.routes())?.map_err(|e| Failure::Runtime(e.into()))?;
-    let width = routes
+    // Every field is the guest's: escaped before it reaches the terminal.
+    let rows: Vec<[String; 3]> = routes
         .iter()
-        .map(|r| r.methods.join(",").len())
-        .max()
-        .unwrap_or(0);
-    let pattern_width = routes.iter().map(|r| r.pattern.len()).max().unwrap_or(0);
+        .map(|r| {
+            [
+                display::escape_controls(&r.methods.join(",")),
+                display::escape_controls(&r.pattern),
+                display::escape_controls(&r.handler),
+            ]
+        })
+        .collect();
+    let width = rows.iter().map(|r| r[0].chars().count()).max().unwrap_or(0);
+    let pattern_width = rows.iter().map(|r| r[1].chars().count()).max().unwrap_or(0);
     let mut out = String::new();
-    for route in routes {
+    for [methods, pattern, handler] in rows {
         out.push_str(&format!(
-            "{:<width$}  {:<pattern_width$}  {}\n",
-            route.methods.join(","),
-            route.pattern,
-            route.handler
+            "{methods:<width$}  {pattern:<pattern_width$}  {handler}\n"
         ));
     }
     print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
-fn build(cache: Cache, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCode, Failure> {
-    let handler = load(cache, reporter, &args, Limits::default())?;
+fn build(common: &Common, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCode, Failure> {
+    let handler = load(common, reporter, &args, Limits::default())?;
     let state = if handler.cache_hit() {
         "already cached"
     } else {
@@ -227,6 +267,9 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Failure> {
             max_instances: config::DEFAULT_MAX_INSTANCES,
             queue_timeout: config::DEFAULT_QUEUE_TIMEOUT,
             shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
+            body_timeout: config::DEFAULT_BODY_TIMEOUT,
+            max_connections: config::DEFAULT_MAX_CONNECTIONS,
+            build_limits: BuildLimits::default(),
             cache_dir: None,
             tenants: vec![TenantConfig {
                 name: "default".into(),
@@ -249,44 +292,60 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Failure> {
     Ok(config)
 }
 
-fn serve(
-    cache_dir: Option<PathBuf>,
-    reporter: &Reporter,
-    args: ServeArgs,
-) -> Result<ExitCode, Failure> {
+fn serve(common: &Common, reporter: &Reporter, args: ServeArgs) -> Result<ExitCode, Failure> {
     let config = serve_config(&args)?;
-    let cache_root = cache_dir
-        .or(config.cache_dir.clone())
-        .unwrap_or_else(Cache::default_root);
-    let runtime_config = server::runtime_config(&config, Cache::new(cache_root));
+    let mut runtime_config =
+        server::runtime_config(&config, common.cache(config.cache_dir.clone())?);
+    runtime_config.build_limits = common.build_limits(runtime_config.build_limits);
     let runtime = Arc::new(Runtime::with_config(runtime_config).map_err(Failure::Runtime)?);
-    let tenants = server::load_tenants(&runtime, &config, &|event| reporter.event(event))
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let tenants = server::pending_tenants(&config);
+    // One handler from the command line: a handler that cannot load is the
+    // developer's error to see at once (exit 2), before anything listens.
+    // A config's tenants load in the background once the server listens,
+    // and one that fails answers 503 while the others serve.
+    let background = args.config.is_some();
+    if !background {
+        let failures = server::load_tenants(&runtime, &config, &tenants, &|e| reporter.event(e));
+        if let Some(failure) = failures.into_iter().next() {
+            return Err(Failure::Load(failure.source));
+        }
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(e.into()))?;
     rt.block_on(async {
-        let server = Server::bind(
-            runtime,
-            tenants,
-            config.listen,
-            config.admin_listen,
-            config.shutdown_timeout,
-        )
-        .await
-        .map_err(|e| {
-            Failure::Runtime(anyhow::anyhow!("cannot listen on {}: {e}", config.listen))
-        })?;
+        let server = Server::bind(runtime.clone(), tenants.clone(), &config)
+            .await
+            .map_err(|e| {
+                Failure::Runtime(anyhow::anyhow!("cannot listen on {}: {e}", config.listen))
+            })?;
         info!(
             "listening on http://{}{}",
             server.local_addr(),
             server
                 .admin_addr()
-                .map(|a| format!(" (metrics on http://{a}/metrics)"))
+                .map(|a| format!(" (admin on http://{a}/metrics, /healthz, /readyz)"))
                 .unwrap_or_default()
         );
+        if background {
+            let config = config.clone();
+            let quiet = reporter.is_quiet();
+            std::thread::Builder::new()
+                .name("pycage-load".into())
+                .spawn(move || {
+                    let reporter = Reporter::new(quiet);
+                    let failures =
+                        server::load_tenants(&runtime, &config, &tenants, &|e| reporter.event(e));
+                    info!(
+                        ready = tenants.len() - failures.len(),
+                        failed = failures.len(),
+                        "tenants loaded"
+                    );
+                })
+                .map_err(|e| Failure::Runtime(e.into()))?;
+        }
         server
             .run(shutdown_signal())
             .await

@@ -6,7 +6,7 @@
 
 use std::io::{IsTerminal, Write};
 
-pub use pycage::output::escape_controls;
+pub use pycage::guest_text::escape_controls;
 use pycage::{CapturedOutput, LoadEvent, Response};
 
 /// Prints load progress and diagnostics.
@@ -23,22 +23,35 @@ impl Reporter {
         }
     }
 
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     pub fn event(&self, event: LoadEvent<'_>) {
+        // Always shown, even with --quiet: VIRTUAL_ENV can grant a
+        // virtualenv without a flag, and a grant is never silent.
+        if let LoadEvent::Granting { path } = event {
+            eprintln!(
+                "pycage: granting {} (read-only)",
+                escape_controls(&path.display().to_string())
+            );
+            return;
+        }
         if self.quiet {
             return;
         }
         match event {
+            // The tenant chose the name: shown escaped.
             LoadEvent::Skipped { path, reason } => {
-                eprintln!("pycage: warning: not granting {}: {reason}", path.display());
+                eprintln!(
+                    "pycage: warning: not granting {}: {reason}",
+                    escape_controls(&path.display().to_string())
+                );
             }
             LoadEvent::PreparingStdlib if self.progress => {
                 eprintln!(
                     "pycage: preparing the Python standard library (once per pycage version)..."
                 );
-            }
-            // Always shown: VIRTUAL_ENV can grant a virtualenv without a flag.
-            LoadEvent::Granting { path } => {
-                eprintln!("pycage: granting {} (read-only)", path.display());
             }
             LoadEvent::InstallingDependencies {
                 pyproject,
@@ -101,7 +114,9 @@ pub fn response_bytes(response: &Response, include_head: bool) -> Vec<u8> {
         for (name, value) in &response.headers {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
+            // Valid header bytes, but the handler chose them and they may
+            // reach a terminal: C1 controls and bidi overrides are escaped.
+            out.extend_from_slice(escape_controls(&String::from_utf8_lossy(value)).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(

@@ -15,6 +15,7 @@ pub struct Metrics {
     latency: Family<Labels, Histogram>,
     limit_hits: Family<Labels, Counter>,
     instances_in_use: Gauge,
+    tenant_ready: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -35,6 +36,7 @@ impl Metrics {
         });
         let limit_hits = Family::<Labels, Counter>::default();
         let instances_in_use = Gauge::default();
+        let tenant_ready = Family::<Labels, Gauge>::default();
         registry.register(
             "requests",
             "Requests answered, by tenant and status class",
@@ -55,12 +57,18 @@ impl Metrics {
             "Sandbox instances live right now",
             instances_in_use.clone(),
         );
+        registry.register(
+            "tenant_ready",
+            "1 if the tenant's handler is loaded, 0 while it loads or if it failed to",
+            tenant_ready.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             limit_hits,
             instances_in_use,
+            tenant_ready,
         }
     }
 
@@ -82,9 +90,15 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the instance gauge read at scrape time.
-    pub fn render(&self, instances_in_use: usize) -> String {
+    /// The text exposition, with the gauges read at scrape time.
+    pub fn render(&self, instances_in_use: usize, tenants: &[super::Tenant]) -> String {
         self.instances_in_use.set(instances_in_use as i64);
+        for tenant in tenants {
+            let ready = tenant.status() == super::TenantStatus::Ready;
+            self.tenant_ready
+                .get_or_create(&vec![("tenant", tenant.name.clone())])
+                .set(i64::from(ready));
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -100,7 +114,7 @@ mod tests {
         let m = Metrics::new();
         m.observe("shop", 200, 0.002, None);
         m.observe("shop", 504, 1.0, Some("timeout"));
-        let text = m.render(3);
+        let text = m.render(3, &[super::super::Tenant::pending("shop", vec![], None)]);
         assert!(
             text.contains("pycage_requests_total{tenant=\"shop\",status=\"2xx\"} 1"),
             "{text}"
@@ -118,5 +132,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pycage_instances_in_use 3"), "{text}");
+        assert!(
+            text.contains("pycage_tenant_ready{tenant=\"shop\"} 0"),
+            "{text}"
+        );
     }
 }
