@@ -12,8 +12,21 @@ pub enum LoadError {
     #[error("handler not found: {}", path.display())]
     NotFound { path: PathBuf },
 
-    #[error("{}: a handler must be a .py file or a directory", path.display())]
-    NotAHandler { path: PathBuf },
+    #[error("{}: a handler must be a .py file or a directory ({found})", path.display())]
+    NotAHandler { path: PathBuf, found: String },
+
+    /// Links are never followed inside what is granted; the handler itself
+    /// (or an entry pycage must read) is one.
+    #[error(
+        "{}: is a symbolic link{}; pycage does not follow links in what it grants: name the \
+         file or directory itself",
+        path.display(),
+        target.as_ref().map(|t| format!(" (to {})", t.display())).unwrap_or_default()
+    )]
+    Link {
+        path: PathBuf,
+        target: Option<PathBuf>,
+    },
 
     #[error(
         "{}: no entry module: the directory needs one of {candidates} (or pass --module)",
@@ -30,7 +43,7 @@ pub enum LoadError {
     #[error("{}: `{module}` is reserved by pycage; rename the handler's file", path.display())]
     ReservedModuleName { path: PathBuf, module: String },
 
-    #[error("{}: handler directory holds more than {limit} of files", path.display())]
+    #[error("{}: over the size limit ({limit})", path.display())]
     TooLarge { path: PathBuf, limit: String },
 
     #[error("{location}: SyntaxError: {message}")]
@@ -115,6 +128,18 @@ pub enum LoadError {
 
     #[error("building the sandbox for {} failed: {detail}", path.display())]
     Build { path: PathBuf, detail: String },
+
+    #[error(
+        "no build cache directory: set PYCAGE_CACHE_DIR (or XDG_CACHE_HOME or HOME), or pass \
+         --cache-dir; pycage never falls back to a shared directory such as /tmp"
+    )]
+    NoCacheDir,
+
+    #[error("cache {}: {reason}", path.display())]
+    CacheNotPrivate { path: PathBuf, reason: String },
+
+    #[error("building the sandbox for {}: the build {what}", path.display())]
+    BuildLimit { path: PathBuf, what: String },
 
     #[error("cache {}: {source}", path.display())]
     Cache {

@@ -5,7 +5,7 @@
 //! # async fn demo() -> anyhow::Result<()> {
 //! use pycage::{Cache, LoadOptions, Request, Runtime};
 //!
-//! let runtime = Runtime::new(Cache::new(Cache::default_root()))?;
+//! let runtime = Runtime::new(Cache::new(Cache::default_root()?))?;
 //! let handler = runtime.load("hello.py".as_ref(), &LoadOptions::default(), &|_| {})?;
 //! let exchange = handler.dispatch(Request::new("GET", "/hello/ada")?).await;
 //! let response = exchange.response();
@@ -33,19 +33,22 @@
 compile_error!("pycage's runtime needs a Unix host (Linux for the fast memory reset)");
 
 #[cfg(feature = "runtime")]
-pub mod builder;
+pub mod build;
 #[cfg(feature = "runtime")]
 pub mod cache;
 #[cfg(feature = "runtime")]
 mod code_cache;
 pub mod config;
 #[cfg(feature = "runtime")]
-pub mod deps;
+pub(crate) mod deps;
+#[cfg(feature = "runtime")]
+mod engine;
 pub mod error;
 #[cfg(feature = "runtime")]
 mod flatten;
 #[cfg(feature = "runtime")]
 pub mod guest;
+pub mod guest_text;
 pub mod http;
 #[cfg(feature = "runtime")]
 mod immortal;
@@ -63,12 +66,15 @@ pub mod sandbox;
 pub mod server;
 #[cfg(feature = "runtime")]
 mod stacks;
-pub mod stage;
+#[cfg(feature = "runtime")]
+mod stage;
+#[cfg(feature = "runtime")]
+mod untrusted_fs;
 #[cfg(feature = "runtime")]
 pub mod wit;
 
 #[cfg(feature = "runtime")]
-pub use builder::{LoadEvent, RouteInfo};
+pub use build::{BuildIsolation, BuildLimits, LoadEvent, RouteInfo};
 #[cfg(feature = "runtime")]
 pub use cache::Cache;
 pub use error::{DispatchError, LoadError};

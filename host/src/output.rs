@@ -13,20 +13,6 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-/// Replace control characters (other than tab) with visible escapes, so
-/// guest text cannot drive a terminal or forge log lines.
-pub fn escape_controls(line: &str) -> String {
-    line.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 /// What a guest wrote to one stream during one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CapturedOutput {
@@ -139,11 +125,6 @@ impl tokio::io::AsyncWrite for CappedPipe {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_characters_are_escaped() {
-        assert_eq!(escape_controls("a\u{1b}[31mb\tc\r"), "a\\u{1b}[31mb\tc\\r");
-    }
 
     #[test]
     fn keeps_the_first_bytes_and_flags_the_rest() {

@@ -8,6 +8,7 @@ use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::error::DispatchError;
+use crate::guest_text;
 use crate::http::{Request, Response};
 use crate::limits::Limits;
 use crate::output::{CappedPipe, CapturedOutput};
@@ -284,16 +285,16 @@ fn settle_dispatch(
             classify_failure(&error, limits)
         }),
         Ok(Ok(Err(types::DispatchError::NotFound))) => Err(DispatchError::NotFound),
-        Ok(Ok(Err(types::DispatchError::MethodNotAllowed(allowed)))) => {
-            Err(DispatchError::MethodNotAllowed { allowed })
-        }
+        Ok(Ok(Err(types::DispatchError::MethodNotAllowed(allowed)))) => allowed_methods(allowed)
+            .and_then(|allowed| Err(DispatchError::MethodNotAllowed { allowed })),
         Ok(Ok(Err(types::DispatchError::HandlerException(info)))) => {
             if memory_hit && info.message.starts_with("MemoryError") {
                 Err(memory_error())
             } else {
+                // The glue bounds these too, but the glue is guest code.
                 Err(DispatchError::HandlerException {
-                    message: info.message,
-                    traceback: info.traceback,
+                    message: guest_text::bounded(&info.message, MAX_EXCEPTION_MESSAGE).into_owned(),
+                    traceback: guest_text::bounded(&info.traceback, MAX_TRACEBACK).into_owned(),
                 })
             }
         }
@@ -308,6 +309,39 @@ fn settle_dispatch(
             limits.max_response_body,
         ),
     }
+}
+
+/// Bounds on what a guest's exception report may hold, in bytes.
+const MAX_EXCEPTION_MESSAGE: usize = 4 << 10;
+const MAX_TRACEBACK: usize = 64 << 10;
+/// Most methods a 405's `Allow` header may list.
+const MAX_ALLOWED_METHODS: usize = 32;
+
+/// The methods a guest says a path allows, for the `Allow` header: each
+/// must be an HTTP method token, and there may be at most
+/// [`MAX_ALLOWED_METHODS`] of them (duplicates dropped).
+fn allowed_methods(allowed: Vec<String>) -> Result<Vec<String>, DispatchError> {
+    let mut methods: Vec<String> = Vec::with_capacity(allowed.len().min(MAX_ALLOWED_METHODS));
+    for method in allowed {
+        let valid = !method.is_empty()
+            && method.len() <= 32
+            && http::Method::from_bytes(method.as_bytes()).is_ok();
+        if !valid {
+            return Err(DispatchError::InvalidResponse(format!(
+                "the allowed methods include {}, which is not an HTTP method",
+                guest_text::one_line(&method, 64)
+            )));
+        }
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+        if methods.len() > MAX_ALLOWED_METHODS {
+            return Err(DispatchError::InvalidResponse(format!(
+                "more than {MAX_ALLOWED_METHODS} allowed methods"
+            )));
+        }
+    }
+    Ok(methods)
 }
 
 /// For benchmarks only: instantiate once, then time `n` dispatches of
