@@ -173,7 +173,9 @@ async fn main() {
     // PYCAGE_BENCH_KEEP_RESIDENT_MIB varies how many written bytes a memory
     // slot may copy back instead of being remapped, one of the levers the
     // per-phase split shows the effect of.
-    let mut config = RuntimeConfig::new(Cache::new(Cache::default_root()));
+    let mut config = RuntimeConfig::new(Cache::new(
+        Cache::default_root().expect("set PYCAGE_CACHE_DIR or HOME"),
+    ));
     if let Ok(mib) = std::env::var("PYCAGE_BENCH_KEEP_RESIDENT_MIB") {
         config.keep_resident_bytes = mib.parse::<usize>().expect("MiB") << 20;
     }

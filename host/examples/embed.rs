@@ -90,7 +90,7 @@ fn main() -> anyhow::Result<()> {
     );
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:3000".into());
 
-    let runtime = Runtime::new(Cache::new(Cache::default_root()))?;
+    let runtime = Runtime::new(Cache::new(Cache::default_root()?))?;
     let handler = runtime.load(&handler_path, &LoadOptions::default(), &|_| {})?;
     tokio::runtime::Runtime::new()?.block_on(async {
         let listener = TcpListener::bind(&listen).await?;

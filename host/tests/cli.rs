@@ -207,8 +207,16 @@ fn virtual_env_grants_its_packages_like_venv() {
     let with = run(Some(venv.path()));
     assert_eq!(with.status.code(), Some(0), "{}", stderr(&with));
     assert_eq!(stdout(&with), r#"{"answer": 42}"#);
-    // A grant made by the environment is always announced.
+    // A grant made by the environment is always announced, --quiet or not.
     assert!(stderr(&with).contains("granting "), "{}", stderr(&with));
+    let quiet = Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .args(["-q", "run", handler.path().to_str().unwrap()])
+        .env("PYCAGE_CACHE_DIR", cache_dir())
+        .env("VIRTUAL_ENV", venv.path())
+        .output()
+        .unwrap();
+    assert_eq!(quiet.status.code(), Some(0), "{}", stderr(&quiet));
+    assert!(stderr(&quiet).contains("granting "), "{}", stderr(&quiet));
     let without = run(None);
     assert_eq!(without.status.code(), Some(2));
     assert!(
@@ -284,4 +292,75 @@ fn an_image_already_built_loads_without_any_installer_or_layer() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), r#"{"ascii": "xn--bcher-kva.example"}"#);
+}
+
+/// Text that a tenant or its guest chose (file names, exception messages,
+/// tracebacks, route tables) reaches the terminal escaped: no terminal
+/// control sequence, no forged line of pycage's own, no bidi override.
+#[test]
+fn guest_text_never_reaches_the_terminal_raw() {
+    let forged = "\\x1b[2J\\rpycage: granting /etc (read-only)\\n\\u202eevil\\u2028INFO pycage::request tenant=other";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.py"),
+        format!(
+            "# {nonce}\nraise RuntimeError(\"{forged}\")\n",
+            nonce = dir.path().display()
+        ),
+    )
+    .unwrap();
+    // A tenant-chosen file name with an escape in it, skipped as a link.
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("x\u{1b}[31mred")).unwrap();
+    let out = pycage(&["run", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_clean(&err);
+    assert!(err.contains("RuntimeError"), "{err}");
+    assert!(err.contains("x\\u{1b}[31mred"), "{err}");
+
+    let routes = tempfile::tempdir().unwrap();
+    std::fs::write(
+        routes.path().join("app.py"),
+        format!(
+            "# {nonce}\nfrom pycage import route\n\ndef f():\n    return 'x'\n\n\
+             f.__qualname__ = '\\x1b]0;title\\x07\\u202eevil'\n\
+             route('/\\u202ea\\nb')(f)\n",
+            nonce = routes.path().display()
+        ),
+    )
+    .unwrap();
+    let out = pycage(&["routes", routes.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert_clean(&table);
+    assert_eq!(table.lines().count(), 1, "{table}");
+}
+
+fn assert_clean(text: &str) {
+    for bad in ['\u{1b}', '\r', '\u{202e}', '\u{2028}', '\u{7}'] {
+        assert!(!text.contains(bad), "{bad:?} in:\n{text}");
+    }
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("pycage: granting") || l.starts_with("INFO")),
+        "a forged line in:\n{text}"
+    );
+}
+
+/// With no cache directory configured there is no fallback into a shared
+/// temporary directory.
+#[test]
+fn no_cache_directory_means_an_error_not_a_temp_dir() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .args(["run", fixture("hello/hello.py").to_str().unwrap()])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("PYCAGE_CACHE_DIR"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -254,6 +254,11 @@ async fn invalid_responses_never_reach_the_client() {
         "/bad/unserialisable",
         "/bad/nan",
         "/bad/corrupt-framework",
+        "/bad/switching-protocols",
+        "/bad/continue",
+        "/bad/huge-headers",
+        "/bad/huge-allow",
+        "/bad/escape-allow",
     ] {
         let exchange = get(&h, target).await;
         assert!(exchange.result.is_err(), "{target}: {:?}", exchange.result);
@@ -265,6 +270,25 @@ async fn invalid_responses_never_reach_the_client() {
         );
         still_serving(&h, target).await;
     }
+    // The Allow header the host would build is never out of bounds or raw.
+    for target in ["/bad/huge-allow", "/bad/escape-allow"] {
+        let response = get(&h, target).await.response();
+        assert!(response.header("allow").is_none(), "{target}");
+    }
+    // A status without content loses the body the handler gave it.
+    let exchange = get(&h, "/bad/reset-content").await;
+    let response = ok(&exchange);
+    assert_eq!(response.status, 205);
+    assert!(response.body.is_empty());
+    // A guest's exception report is bounded by the host, whatever the glue does.
+    match get(&h, "/bad/exception-flood").await.result {
+        Err(DispatchError::HandlerException { message, traceback }) => {
+            assert!(message.len() < 8 << 10, "{} bytes", message.len());
+            assert!(traceback.len() < 80 << 10, "{} bytes", traceback.len());
+        }
+        other => panic!("expected the exception, got {other:?}"),
+    }
+    still_serving(&h, "/bad/exception-flood").await;
     // Framing headers from the handler are dropped; the host frames the body.
     let exchange = get(&h, "/bad/content-length").await;
     let response = ok(&exchange);

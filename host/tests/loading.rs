@@ -134,7 +134,10 @@ async fn cache_hit_skips_the_build_and_a_change_rebuilds() {
     // The image is flattened: CPython's core modules were merged into one
     // (the per-request speed depends on it; see host/src/flatten).
     let meta = fs::read(first.app_dir().parent().unwrap().join("meta.json")).unwrap();
-    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    let sealed: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    // The manifest is sealed under the cache's key: its body, and a MAC.
+    assert_eq!(sealed["mac"].as_str().unwrap().len(), 64, "{sealed}");
+    let meta: serde_json::Value = serde_json::from_str(sealed["body"].as_str().unwrap()).unwrap();
     assert!(meta["merged_modules"].as_u64().unwrap() > 10, "{meta}");
     // The heap left the data segments for a memory image that instances
     // map instead of copying (see host/src/memory): megabytes of it.
@@ -196,4 +199,107 @@ async fn a_single_file_handler_is_granted_only_that_file() {
         .collect();
     assert!(names.contains(&"peek.py"), "{names:?}");
     assert!(!names.contains(&"secret.txt"), "{names:?}");
+}
+
+/// An entry whose compiled code was swapped is refused and rebuilt, never
+/// loaded: its manifest's seal no longer matches.
+#[tokio::test]
+async fn a_tampered_entry_is_rebuilt_not_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let handler_path = dir.path().join("tamper.py");
+    fs::write(
+        &handler_path,
+        format!(
+            "# {}\nfrom pycage import route\n\n@route('/')\ndef i():\n    return 'genuine'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let runtime = Runtime::new(Cache::new(cache_dir())).unwrap();
+    let builds = RefCell::new(0);
+    let count = |event: LoadEvent<'_>| {
+        if let LoadEvent::Building { .. } = event {
+            *builds.borrow_mut() += 1;
+        }
+    };
+    let first = runtime
+        .load(&handler_path, &LoadOptions::default(), &count)
+        .unwrap();
+    let entry = first.app_dir().parent().unwrap().to_path_buf();
+    drop(first);
+    // Same length, other bytes: only the seal can tell.
+    let artifact = entry.join("sandbox.cwasm");
+    let mut bytes = fs::read(&artifact).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    let swapped = entry.join("swapped");
+    fs::write(&swapped, &bytes).unwrap();
+    fs::rename(&swapped, &artifact).unwrap();
+    let again = runtime
+        .load(&handler_path, &LoadOptions::default(), &count)
+        .unwrap();
+    assert!(
+        !again.cache_hit(),
+        "a tampered entry must not be a cache hit"
+    );
+    assert_eq!(*builds.borrow(), 2);
+    assert_eq!(ok(&get(&again, "/").await).body, b"genuine");
+
+    // A manifest rewritten without the key is refused the same way.
+    let meta = entry.join("meta.json");
+    let text = fs::read_to_string(&meta).unwrap();
+    let forged = text.replace("\\\"layers\\\":0", "\\\"layers\\\":1");
+    assert_ne!(text, forged, "{text}");
+    fs::write(&meta, forged).unwrap();
+    let third = runtime
+        .load(&handler_path, &LoadOptions::default(), &count)
+        .unwrap();
+    assert!(!third.cache_hit());
+    assert_eq!(ok(&get(&third, "/").await).body, b"genuine");
+}
+
+/// A cache root that other users can write to, or that another user owns,
+/// is refused: it could hold native code planted by someone else.
+#[test]
+fn a_cache_others_can_write_or_own_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let runtime = Runtime::new(Cache::new(&shared)).unwrap();
+    match runtime.load(&fixture("hello/hello.py"), &LoadOptions::default(), &|_| {}) {
+        Err(error @ LoadError::CacheNotPrivate { .. }) => {
+            assert!(
+                error.to_string().contains("writable by other users"),
+                "{error}"
+            )
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("a world-writable cache was used"),
+    }
+    // Nothing was written into it.
+    assert_eq!(fs::read_dir(&shared).unwrap().count(), 0);
+
+    // Owned by another user (only root can arrange that here).
+    if std::env::var("USER").as_deref() == Ok("root") || is_root() {
+        let theirs = dir.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
+        let runtime = Runtime::new(Cache::new(&theirs)).unwrap();
+        match runtime.load(&fixture("hello/hello.py"), &LoadOptions::default(), &|_| {}) {
+            Err(error @ LoadError::CacheNotPrivate { .. }) => {
+                assert!(error.to_string().contains("owned by user 65534"), "{error}")
+            }
+            Err(other) => panic!("expected a refusal, got {other}"),
+            Ok(_) => panic!("another user's cache was used"),
+        }
+    }
+}
+
+fn is_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }

@@ -35,7 +35,9 @@ fn server() -> &'static Running {
         let runtime = Arc::new(
             Runtime::with_config(server::runtime_config(&config, Cache::new(cache_dir()))).unwrap(),
         );
-        let tenants = server::load_tenants(&runtime, &config, &|_| {}).unwrap();
+        let tenants = server::pending_tenants(&config);
+        let failures = server::load_tenants(&runtime, &config, &tenants, &|_| {});
+        assert!(failures.is_empty(), "{failures:?}");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -43,15 +45,7 @@ fn server() -> &'static Running {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let server = Server::bind(
-                    runtime,
-                    tenants,
-                    config.listen,
-                    config.admin_listen,
-                    config.shutdown_timeout,
-                )
-                .await
-                .unwrap();
+                let server = Server::bind(runtime, tenants, &config).await.unwrap();
                 tx.send(Running {
                     addr: server.local_addr(),
                     admin: server.admin_addr().unwrap(),
@@ -169,11 +163,14 @@ async fn output_floods_are_truncated_not_fatal() {
 async fn a_tenant_cannot_read_another_tenants_files() {
     let addr = server().addr;
     let beta_secret = fixture("tenants/beta/secret.txt").canonicalize().unwrap();
+    // The server removes dot-segments from request paths before routing,
+    // so the walks are spelled with encoded slashes: the guest still gets
+    // them, decoded, and tries them on its own filesystem.
     let attempts = [
         format!("/peek{}", beta_secret.display()),
-        "/peek/app/../beta/secret.txt".to_owned(),
-        "/peek/app/../../tenants/beta/secret.txt".to_owned(),
-        "/peek/1/../beta/secret.txt".to_owned(),
+        "/peek/app%2F..%2Fbeta%2Fsecret.txt".to_owned(),
+        "/peek/app%2F..%2F..%2Ftenants%2Fbeta%2Fsecret.txt".to_owned(),
+        "/peek/1%2F..%2Fbeta%2Fsecret.txt".to_owned(),
     ];
     for path in attempts {
         let reply = get(addr, "alpha.localhost", &path).await;
@@ -259,10 +256,154 @@ async fn metrics_count_requests_limits_and_instances() {
         "{text}"
     );
     assert!(text.contains("pycage_instances_in_use"), "{text}");
+    assert!(
+        text.contains("pycage_tenant_ready{tenant=\"alpha\"} 1"),
+        "{text}"
+    );
     assert_eq!(get(running.admin, "127.0.0.1", "/").await.status, 404);
+    assert_eq!(
+        get(running.admin, "127.0.0.1", "/healthz").await.status,
+        200
+    );
+    let ready = get(running.admin, "127.0.0.1", "/readyz").await;
+    assert_eq!(
+        (ready.status, ready.json()),
+        (200, json!({"status": "ready"}))
+    );
 }
 
-/// A server of its own with one instance slot and a short queue.
+/// Send `request` as raw bytes on a new connection and return what came
+/// back until the server closed it or `wait` passed.
+async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut reply = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut reply)).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+fn status_of(reply: &str) -> u16 {
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {reply:?}"))
+}
+
+/// Tenant routing reads the request as strictly as HTTP/1.1 says: no
+/// request reaches a tenant other than the one a proxy in front expects.
+#[tokio::test]
+async fn host_and_target_are_read_strictly() {
+    let addr = server().addr;
+    let wait = Duration::from_secs(5);
+    let cases: &[(&str, u16, Option<&str>)] = &[
+        // Two Host headers, none, a bad port, a bad name: 400.
+        (
+            "GET /whoami HTTP/1.1\r\nHost: alpha.localhost\r\nHost: other\r\nConnection: close\r\n\r\n",
+            400,
+            None,
+        ),
+        (
+            "GET /beta/whoami HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+            None,
+        ),
+        (
+            "GET /whoami HTTP/1.1\r\nHost: alpha.localhost:99999\r\nConnection: close\r\n\r\n",
+            400,
+            None,
+        ),
+        (
+            "GET /whoami HTTP/1.1\r\nHost: alpha..localhost\r\nConnection: close\r\n\r\n",
+            400,
+            None,
+        ),
+        // The authority of an absolute-form target wins over Host.
+        (
+            "GET http://alpha.localhost/whoami HTTP/1.1\r\nHost: nobody.localhost\r\nConnection: close\r\n\r\n",
+            200,
+            Some("alpha-secret"),
+        ),
+        // A trailing dot names the same host.
+        (
+            "GET /whoami HTTP/1.1\r\nHost: alpha.localhost.\r\nConnection: close\r\n\r\n",
+            200,
+            Some("alpha-secret"),
+        ),
+        // Dot-segments are removed before the prefix is matched.
+        (
+            "GET /beta/../whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            404,
+            Some("no tenant serves"),
+        ),
+        (
+            "GET /beta/%2e%2e/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            404,
+            Some("no tenant serves"),
+        ),
+        (
+            "GET /limits/../beta/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            200,
+            Some("beta-secret"),
+        ),
+        (
+            "GET /beta/./whoami HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            200,
+            Some("beta-secret"),
+        ),
+        // HTTP/1.0 may omit Host: only tenants for any host can match.
+        (
+            "GET /beta/whoami HTTP/1.0\r\n\r\n",
+            200,
+            Some("beta-secret"),
+        ),
+    ];
+    for (request, status, body) in cases {
+        let reply = raw(addr, request.as_bytes(), wait).await;
+        assert_eq!(status_of(&reply), *status, "{request:?}\n{reply}");
+        if let Some(body) = body {
+            assert!(reply.contains(body), "{request:?}\n{reply}");
+        }
+    }
+    assert_eq!(get(addr, "alpha.localhost", "/whoami").await.status, 200);
+}
+
+/// The request head is bounded at exactly 64 KiB, and request ids say
+/// nothing about how many requests the server has served.
+#[tokio::test]
+async fn the_request_head_bound_is_exact_and_ids_are_opaque() {
+    let addr = server().addr;
+    let head = |size: usize| {
+        let filler = "a".repeat(size);
+        format!(
+            "GET /whoami HTTP/1.1\r\nHost: alpha.localhost\r\nX-Fill: {filler}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let fits = raw(addr, head(60 << 10).as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&fits), 200);
+    let over = raw(addr, head(65 << 10).as_bytes(), Duration::from_secs(5)).await;
+    assert_eq!(status_of(&over), 431, "{}", &over[..over.len().min(200)]);
+
+    let a = get(addr, "alpha.localhost", "/whoami").await;
+    let b = get(addr, "alpha.localhost", "/whoami").await;
+    let id = |r: &Reply| {
+        let text = r.headers["x-request-id"].to_str().unwrap().to_owned();
+        u64::from_str_radix(&text, 16).unwrap()
+    };
+    let (a, b) = (id(&a), id(&b));
+    assert!(
+        a.abs_diff(b) > 1_000_000,
+        "ids {a:x} and {b:x} look like a counter"
+    );
+}
+
+thread_local! {
+    static TINY_ADMIN: std::cell::Cell<Option<SocketAddr>> = const { std::cell::Cell::new(None) };
+}
+
+/// A server of its own with one instance slot, a short queue and a short
+/// body timeout.
 async fn tiny_server(
     shutdown: tokio::sync::oneshot::Receiver<()>,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -270,23 +411,19 @@ async fn tiny_server(
     config.max_instances = 1;
     config.queue_timeout = Duration::from_millis(200);
     config.shutdown_timeout = Duration::from_secs(5);
-    config.admin_listen = None;
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.body_timeout = Duration::from_secs(1);
     config.tenants.retain(|t| t.name == "limits");
     let runtime = Arc::new(
         Runtime::with_config(server::runtime_config(&config, Cache::new(cache_dir()))).unwrap(),
     );
-    let tenants =
-        tokio::task::block_in_place(|| server::load_tenants(&runtime, &config, &|_| {}).unwrap());
-    let server = Server::bind(
-        runtime,
-        tenants,
-        config.listen,
-        None,
-        config.shutdown_timeout,
-    )
-    .await
-    .unwrap();
+    let tenants = server::pending_tenants(&config);
+    let failures =
+        tokio::task::block_in_place(|| server::load_tenants(&runtime, &config, &tenants, &|_| {}));
+    assert!(failures.is_empty(), "{failures:?}");
+    let server = Server::bind(runtime, tenants, &config).await.unwrap();
     let addr = server.local_addr();
+    TINY_ADMIN.with(|admin| admin.set(server.admin_addr()));
     let task = tokio::spawn(async move {
         server
             .run(async {
@@ -331,4 +468,34 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no new connections after shutdown"
     );
+}
+
+/// A body that trickles in, or an `Expect: 100-continue` that never sends
+/// one, is cut off at the body timeout; idle admin connections are closed
+/// at the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_and_idle_admin_connections_are_cut_off() {
+    let (_stop, rx) = tokio::sync::oneshot::channel();
+    let (addr, _task) = tiny_server(rx).await;
+    let admin = TINY_ADMIN.with(|a| a.get()).unwrap();
+    for request in [
+        "POST /limits/ok HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly a little",
+        "POST /limits/ok HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+    ] {
+        let started = std::time::Instant::now();
+        let reply = raw(addr, request.as_bytes(), Duration::from_secs(10)).await;
+        assert!(reply.contains(" 408 "), "{request:?}\n{reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(get(addr, "127.0.0.1", "/limits/ok").await.status, 200);
+    // An admin connection that sends nothing is closed, not held.
+    let started = std::time::Instant::now();
+    let reply = raw(admin, b"", Duration::from_secs(20)).await;
+    let held = started.elapsed();
+    assert!(held < Duration::from_secs(15), "held {held:?}: {reply}");
+    assert_eq!(get(admin, "127.0.0.1", "/healthz").await.status, 200);
 }

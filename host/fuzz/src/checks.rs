@@ -4,7 +4,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use pycage::config::ServeConfig;
 use pycage::http::{Request, Response};
-use pycage::server::tenants::TenantRoutes;
+use pycage::server::tenants::{self, TenantRoutes};
 
 /// HTTP request line + headers -> the request handed to a guest.
 #[derive(Debug, Arbitrary)]
@@ -60,8 +60,17 @@ pub fn check_response(data: &[u8]) {
     else {
         return;
     };
-    assert!((100..=599).contains(&response.status));
-    assert!(response.body.len() <= max_body);
+    assert!((200..=599).contains(&response.status));
+    let head: usize = response
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .sum();
+    assert!(head <= pycage::http::MAX_RESPONSE_HEAD_BYTES);
+    assert!(response.body.len() + head <= max_body);
+    if matches!(response.status, 204 | 205 | 304) {
+        assert!(response.body.is_empty());
+    }
     assert!(response.headers.len() <= pycage::http::MAX_RESPONSE_HEADERS);
     let mut builder = http::Response::builder().status(response.status);
     for (name, value) in &response.headers {
@@ -99,7 +108,7 @@ pub fn check_config(data: &[u8]) {
 #[derive(Debug, Arbitrary)]
 struct RoutesInput {
     tenants: Vec<(Vec<String>, Option<String>)>,
-    host: Option<String>,
+    host: Option<Vec<u8>>,
     path: String,
 }
 
@@ -111,15 +120,42 @@ pub fn check_tenant_routes(data: &[u8]) {
     for (index, (hosts, prefix)) in input.tenants.iter().enumerate() {
         routes.add(index, hosts, prefix.as_deref());
     }
-    if let Some((tenant, seen)) = routes.select(input.host.as_deref(), &input.path) {
+    let host = match &input.host {
+        Some(value) => match tenants::parse_host(value) {
+            Ok(host) => {
+                // A parsed host is bare: no port, no trailing dot, lower case.
+                assert!(!host.ends_with('.'), "{host:?}");
+                assert_eq!(host, host.to_ascii_lowercase());
+                assert!(host.starts_with('[') || !host.contains(':'), "{host:?}");
+                Some(host)
+            }
+            Err(_) => return,
+        },
+        None => None,
+    };
+    let Ok(path) = tenants::normalize_path(&input.path) else {
+        return;
+    };
+    // Normalised: rooted, no dot-segment left, and normalising again
+    // changes nothing.
+    assert!(path.starts_with('/'), "{path:?}");
+    assert!(
+        !path
+            .split('/')
+            .any(|segment| segment == "." || segment == ".."),
+        "{path:?} from {:?}",
+        input.path
+    );
+    assert_eq!(tenants::normalize_path(&path).as_deref(), Ok(path.as_str()));
+    if let Some((tenant, seen)) = routes.select(host.as_deref(), &path) {
         assert!(tenant < input.tenants.len());
+        assert!(seen.starts_with('/'), "{seen:?}");
         assert!(
-            input.path.ends_with(seen) || seen == "/",
-            "{seen:?} is not part of {:?}",
-            input.path
+            path.ends_with(seen) || seen == "/",
+            "{seen:?} is not part of {path:?}"
         );
         if let Some(prefix) = &input.tenants[tenant].1 {
-            assert!(input.path.starts_with(prefix.as_str()));
+            assert!(path.starts_with(prefix.as_str()));
         }
     }
 }
