@@ -177,6 +177,7 @@ impl Cache {
         self.open()?;
         let parent = final_path.parent().unwrap_or(&self.root);
         private::create_dir_all(parent).map_err(|e| self.refuse(parent, e))?;
+        sweep_stale_scratch(parent);
         // tempfile makes directories 0700.
         tempfile::Builder::new()
             .prefix(".building-")
@@ -212,6 +213,35 @@ impl Cache {
         LoadError::Cache {
             path: path.to_path_buf(),
             source,
+        }
+    }
+}
+
+/// Build directories untouched for this long belong to a pycage that was
+/// killed mid-build (a live build's is at most its timeout old, and builds
+/// time out within an hour).
+const STALE_SCRATCH: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Remove what killed builds left in `dir` (`.building-*`, `.discarded-*`).
+fn sweep_stale_scratch(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".building-") || name.starts_with(".discarded-")) {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age > STALE_SCRATCH);
+        if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            // remove_dir_all does not follow links.
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
