@@ -42,15 +42,15 @@ open(path, "w").write(text.replace(old, new))
 EOF
 }
 
-# The port: three API and version changes.
+# The port: the version and API changes. (Since host/src/instance/memory
+# replaced wasmtime's memory reset, the pagemap_scan option is not used.)
 git worktree remove --force "$src" 2>/dev/null || rm -rf "$src"
 git worktree prune
 git worktree add --quiet --detach "$src" HEAD
 replace "$src/host/Cargo.toml" 'wasmtime = { version = "=46.0.3"' 'wasmtime = { version = "=50.0.1"'
 replace "$src/host/Cargo.toml" 'wasmtime-wasi = { version = "=46.0.3"' 'wasmtime-wasi = { version = "=50.0.1"'
-replace "$src/host/src/guest.rs" '"46.0.3"' '"50.0.1"'
-replace "$src/host/src/runtime.rs" '.pagemap_scan(Enabled::No)' '.pagemap_scan(Enabled::Auto)'
-python3 - "$src/host/src/sandbox.rs" <<'EOF'
+replace "$src/host/src/contract/mod.rs" '"46.0.3"' '"50.0.1"'
+python3 - "$src/host/src/capabilities/files.rs" <<'EOF'
 import re, sys
 path = sys.argv[1]
 text = open(path).read()

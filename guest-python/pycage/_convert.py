@@ -65,8 +65,9 @@ def to_wire(result):
         response = Response(result)
 
     status = response.status
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        raise ValueError(f"response status must be an int in 100..599, got {status!r}")
+    # 1xx are interim responses the host never sends on a handler's behalf.
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise ValueError(f"response status must be an int in 200..599, got {status!r}")
     body, implied_type = _encode_body(response.body)
     headers = [_header_pair(pair) for pair in response.headers]
     if implied_type and not any(name.lower() == "content-type" for name, _ in headers):

@@ -11,6 +11,9 @@ _ANNOTATED = {int: "int", float: "float"}
 _METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
 
 _table = []
+# `table()`'s answer, computed once after the last registration (at build
+# time, so every request's instance has it in the snapshot).
+_ordered = None
 
 
 class RouteError(ValueError):
@@ -137,9 +140,11 @@ def route(path, methods=("GET",)):
         raise RouteError(f"route {path!r}: no methods given")
 
     def register(func):
+        global _ordered
         if not callable(func):
             raise RouteError(f"route {path!r}: {func!r} is not callable")
         _table.append(Route(path, tuple(normalised), func))
+        _ordered = None
         return func
 
     return register
@@ -147,7 +152,12 @@ def route(path, methods=("GET",)):
 
 def table():
     """Routes in matching order: static ones first, then by declaration."""
-    return [r for r in _table if r.is_static] + [r for r in _table if not r.is_static]
+    global _ordered
+    if _ordered is None or len(_ordered) != len(_table):
+        _ordered = tuple(r for r in _table if r.is_static) + tuple(
+            r for r in _table if not r.is_static
+        )
+    return _ordered
 
 
 def match(method, path):

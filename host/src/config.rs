@@ -60,6 +60,7 @@ pub struct TenantConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("{}: {source}", path.display())]
     Read {
@@ -147,243 +148,44 @@ impl ServeConfig {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        let invalid = |tenant: Option<&str>, key: &str, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            tenant: tenant.map(str::to_owned),
-            key: key.to_owned(),
-            message,
-        };
-        let address = |key: &str, value: &str| {
-            value.parse::<SocketAddr>().map_err(|_| {
-                invalid(
-                    None,
-                    key,
-                    format!("`{value}` is not an address like 127.0.0.1:8080"),
-                )
-            })
-        };
-        let duration = |tenant: Option<&str>,
-                        key: &str,
-                        value: &Option<String>,
-                        default: Duration| match value {
-            None => Ok(default),
-            Some(text) => parse_duration(text).map_err(|e| invalid(tenant, key, e)),
-        };
-
-        let server = &raw.server;
-        let listen = address(
-            "server.listen",
-            server.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
-        )?;
-        let admin_listen = match &server.admin_listen {
-            Some(text) => Some(address("server.admin_listen", text)?),
-            None => None,
-        };
-        // Port 0 picks a free port for each, so only fixed ports can clash.
-        if admin_listen == Some(listen) && listen.port() != 0 {
-            return Err(invalid(
-                None,
-                "server.admin_listen",
-                "must differ from server.listen".into(),
-            ));
-        }
-        let max_instances = server.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
-        if !(1..=1024).contains(&max_instances) {
-            return Err(invalid(
-                None,
-                "server.max_instances",
-                format!("{max_instances} is not in 1..=1024"),
-            ));
-        }
-        let queue_timeout = duration(
-            None,
-            "server.queue_timeout",
-            &server.queue_timeout,
-            DEFAULT_QUEUE_TIMEOUT,
-        )?;
-        let shutdown_timeout = duration(
-            None,
-            "server.shutdown_timeout",
-            &server.shutdown_timeout,
-            DEFAULT_SHUTDOWN_TIMEOUT,
-        )?;
-        let body_timeout = duration(
-            None,
-            "server.body_timeout",
-            &server.body_timeout,
-            DEFAULT_BODY_TIMEOUT,
-        )?;
-        let max_connections = server.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if !(1..=65536).contains(&max_connections) {
-            return Err(invalid(
-                None,
-                "server.max_connections",
-                format!("{max_connections} is not in 1..=65536"),
-            ));
-        }
-        let build_defaults = BuildLimits::default();
-        let mib = |key: &str, value: Option<u64>, default: u64, min: u64| match value {
-            None => Ok(default),
-            Some(mib) if (min..=65536).contains(&mib) => Ok(mib << 20),
-            Some(mib) => Err(invalid(None, key, format!("{mib} is not in {min}..=65536"))),
-        };
-        let build_limits = BuildLimits {
-            timeout: duration(
-                None,
-                "server.build_timeout",
-                &server.build_timeout,
-                build_defaults.timeout,
-            )?,
-            memory_bytes: mib(
-                "server.build_memory_mib",
-                server.build_memory_mib,
-                build_defaults.memory_bytes,
-                256,
-            )?,
-            disk_bytes: mib(
-                "server.build_disk_mib",
-                server.build_disk_mib,
-                build_defaults.disk_bytes,
-                256,
-            )?,
-        };
-        let defaults = limits(
-            &raw.defaults,
-            &Limits::default(),
-            None,
-            "defaults",
-            &invalid,
-        )?;
-
+        let check = Check { path, base };
+        let mut config = check.server(&raw.server)?;
+        let defaults = check.limits(&raw.defaults, &Limits::default(), None, "defaults")?;
         if raw.tenant.is_empty() {
-            return Err(invalid(
-                None,
-                "tenant",
-                "at least one [[tenant]] is required".into(),
-            ));
+            return Err(check.invalid(None, "tenant", "at least one [[tenant]] is required"));
         }
         let mut names = HashSet::new();
         let mut routes = HashSet::new();
-        let mut tenants = Vec::with_capacity(raw.tenant.len());
-        for t in &raw.tenant {
-            let name = t.name.as_str();
-            let valid_name = !name.is_empty()
-                && name.len() <= 64
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-            if !valid_name {
-                return Err(invalid(
-                    Some(name),
+        for raw_tenant in &raw.tenant {
+            let tenant = check.tenant(raw_tenant, &defaults, raw.defaults.max_concurrency)?;
+            if !names.insert(tenant.name.clone()) {
+                return Err(check.invalid(
+                    Some(&tenant.name),
                     "name",
-                    "use 1-64 characters from a-z, 0-9, '-' and '_'".into(),
+                    "another tenant has the same name",
                 ));
             }
-            if !names.insert(name) {
-                return Err(invalid(
-                    Some(name),
-                    "name",
-                    "another tenant has the same name".into(),
-                ));
-            }
-            let handler = base.join(&t.handler);
-            if !handler.exists() {
-                return Err(invalid(
-                    Some(name),
-                    "handler",
-                    format!("{} does not exist", handler.display()),
-                ));
-            }
-            let venv = t.venv.as_ref().map(|venv| base.join(venv));
-            if let Some(venv) = &venv
-                && !venv.is_dir()
-            {
-                return Err(invalid(
-                    Some(name),
-                    "venv",
-                    format!("{} is not a directory", venv.display()),
-                ));
-            }
-            let mut hosts = Vec::new();
-            for host in &t.hosts {
-                let host = host.to_ascii_lowercase();
-                let valid = !host.is_empty()
-                    && host
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-                if !valid {
-                    return Err(invalid(
-                        Some(name),
-                        "hosts",
-                        format!("`{host}` is not a host name (no port, no scheme)"),
-                    ));
-                }
-                hosts.push(host);
-            }
-            if let Some(prefix) = &t.path_prefix {
-                let valid = prefix.starts_with('/')
-                    && prefix.len() > 1
-                    && !prefix.ends_with('/')
-                    && !prefix.contains(['?', '#', '%', '{', '}']);
-                if !valid {
-                    return Err(invalid(
-                        Some(name),
-                        "path_prefix",
-                        format!("`{prefix}` must look like /name (leading '/', no trailing '/')"),
-                    ));
-                }
-            }
-            let host_keys: Vec<Option<&str>> = if hosts.is_empty() {
-                vec![None]
-            } else {
-                hosts.iter().map(|h| Some(h.as_str())).collect()
-            };
-            for host in host_keys {
-                if !routes.insert((host.map(str::to_owned), t.path_prefix.clone())) {
-                    return Err(invalid(
-                        Some(name),
-                        "hosts",
-                        format!(
-                            "host {} with path prefix {} already routes to another tenant",
-                            host.unwrap_or("(any)"),
-                            t.path_prefix.as_deref().unwrap_or("(none)")
-                        ),
-                    ));
-                }
-            }
-            // Unset keys fall back to [defaults], already validated above.
-            let tenant_limits = limits(&t.limits, &defaults, Some(name), "limits", &invalid)?;
-            let max_concurrency = t.limits.max_concurrency.or(raw.defaults.max_concurrency);
-            if max_concurrency == Some(0) {
-                return Err(invalid(
-                    Some(name),
-                    "limits.max_concurrency",
-                    "must be at least 1".into(),
-                ));
-            }
-            tenants.push(TenantConfig {
-                name: name.to_owned(),
-                handler,
-                module: t.module.clone(),
-                hosts,
-                path_prefix: t.path_prefix.clone(),
-                limits: tenant_limits,
-                max_concurrency,
-                venv,
-            });
+            check.unique_routes(&tenant, &mut routes)?;
+            config.tenants.push(tenant);
         }
-        Ok(ServeConfig {
-            listen,
-            admin_listen,
-            max_instances,
-            queue_timeout,
-            shutdown_timeout,
-            body_timeout,
-            max_connections,
-            build_limits,
-            cache_dir: server.cache_dir.as_ref().map(|dir| base.join(dir)),
-            tenants,
-        })
+        Ok(config)
+    }
+
+    /// A configuration with every server default and one tenant, `default`,
+    /// for any host and path: `pycage serve HANDLER`.
+    pub fn single(tenant: TenantConfig) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
+            admin_listen: None,
+            max_instances: DEFAULT_MAX_INSTANCES,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            build_limits: BuildLimits::default(),
+            cache_dir: None,
+            tenants: vec![tenant],
+        }
     }
 
     /// The largest memory limit of any tenant (the runtime refuses larger ones).
@@ -396,49 +198,313 @@ impl ServeConfig {
     }
 }
 
-fn limits(
-    raw: &RawLimits,
-    defaults: &Limits,
-    tenant: Option<&str>,
-    table: &str,
-    invalid: &dyn Fn(Option<&str>, &str, String) -> ConfigError,
-) -> Result<Limits, ConfigError> {
-    let key = |name: &str| format!("{table}.{name}");
-    let timeout = match &raw.timeout {
-        Some(text) => parse_duration(text).map_err(|e| invalid(tenant, &key("timeout"), e))?,
-        None => defaults.timeout,
-    };
-    let memory_bytes = match raw.memory_mib {
-        Some(mib) if !(16..=16384).contains(&mib) => {
-            return Err(invalid(
-                tenant,
-                &key("memory_mib"),
-                format!("{mib} is not in 16..=16384"),
+impl TenantConfig {
+    /// A tenant named `name` for `handler`, reached by any host and path,
+    /// with the default limits.
+    pub fn new(name: impl Into<String>, handler: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            handler: handler.into(),
+            module: None,
+            hosts: Vec::new(),
+            path_prefix: None,
+            limits: Limits::default(),
+            max_concurrency: None,
+            venv: None,
+        }
+    }
+}
+
+/// Validation of one file: every error names the file, the tenant and the key.
+struct Check<'a> {
+    path: &'a Path,
+    base: &'a Path,
+}
+
+impl Check<'_> {
+    fn invalid(&self, tenant: Option<&str>, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            tenant: tenant.map(str::to_owned),
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn address(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse::<SocketAddr>().map_err(|_| {
+            self.invalid(
+                None,
+                key,
+                format!("`{value}` is not an address like 127.0.0.1:8080"),
+            )
+        })
+    }
+
+    fn duration(
+        &self,
+        tenant: Option<&str>,
+        key: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => parse_duration(text).map_err(|e| self.invalid(tenant, key, e)),
+        }
+    }
+
+    fn mib(
+        &self,
+        key: &str,
+        value: Option<u64>,
+        default: u64,
+        min: u64,
+    ) -> Result<u64, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(mib) if (min..=65536).contains(&mib) => Ok(mib << 20),
+            Some(mib) => Err(self.invalid(None, key, format!("{mib} is not in {min}..=65536"))),
+        }
+    }
+
+    /// The `[server]` table, with no tenants yet.
+    fn server(&self, server: &RawServer) -> Result<ServeConfig, ConfigError> {
+        let listen = self.address(
+            "server.listen",
+            server.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+        )?;
+        let admin_listen = match &server.admin_listen {
+            Some(text) => Some(self.address("server.admin_listen", text)?),
+            None => None,
+        };
+        // Port 0 picks a free port for each, so only fixed ports can clash.
+        if admin_listen == Some(listen) && listen.port() != 0 {
+            return Err(self.invalid(
+                None,
+                "server.admin_listen",
+                "must differ from server.listen",
             ));
         }
-        Some(mib) => mib << 20,
-        None => defaults.memory_bytes,
-    };
-    let positive = |name: &str, value: Option<usize>, default: usize| match value {
-        Some(0) => Err(invalid(tenant, &key(name), "must be at least 1".into())),
-        Some(v) => Ok(v),
-        None => Ok(default),
-    };
-    Ok(Limits {
-        timeout,
-        memory_bytes,
-        max_request_body: positive(
-            "max_request_body",
-            raw.max_request_body,
-            defaults.max_request_body,
-        )?,
-        max_response_body: positive(
-            "max_response_body",
-            raw.max_response_body,
-            defaults.max_response_body,
-        )?,
-        max_output_bytes: positive("max_output", raw.max_output, defaults.max_output_bytes)?,
-    })
+        let max_instances = server.max_instances.unwrap_or(DEFAULT_MAX_INSTANCES);
+        if !(1..=1024).contains(&max_instances) {
+            return Err(self.invalid(
+                None,
+                "server.max_instances",
+                format!("{max_instances} is not in 1..=1024"),
+            ));
+        }
+        let max_connections = server.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if !(1..=65536).contains(&max_connections) {
+            return Err(self.invalid(
+                None,
+                "server.max_connections",
+                format!("{max_connections} is not in 1..=65536"),
+            ));
+        }
+        let build = BuildLimits::default();
+        Ok(ServeConfig {
+            listen,
+            admin_listen,
+            max_instances,
+            queue_timeout: self.duration(
+                None,
+                "server.queue_timeout",
+                &server.queue_timeout,
+                DEFAULT_QUEUE_TIMEOUT,
+            )?,
+            shutdown_timeout: self.duration(
+                None,
+                "server.shutdown_timeout",
+                &server.shutdown_timeout,
+                DEFAULT_SHUTDOWN_TIMEOUT,
+            )?,
+            body_timeout: self.duration(
+                None,
+                "server.body_timeout",
+                &server.body_timeout,
+                DEFAULT_BODY_TIMEOUT,
+            )?,
+            max_connections,
+            build_limits: BuildLimits {
+                timeout: self.duration(
+                    None,
+                    "server.build_timeout",
+                    &server.build_timeout,
+                    build.timeout,
+                )?,
+                memory_bytes: self.mib(
+                    "server.build_memory_mib",
+                    server.build_memory_mib,
+                    build.memory_bytes,
+                    256,
+                )?,
+                disk_bytes: self.mib(
+                    "server.build_disk_mib",
+                    server.build_disk_mib,
+                    build.disk_bytes,
+                    256,
+                )?,
+            },
+            cache_dir: server.cache_dir.as_ref().map(|dir| self.base.join(dir)),
+            tenants: Vec::new(),
+        })
+    }
+
+    /// One `[[tenant]]`; unset limits fall back to `[defaults]`.
+    fn tenant(
+        &self,
+        t: &RawTenant,
+        defaults: &Limits,
+        default_concurrency: Option<u32>,
+    ) -> Result<TenantConfig, ConfigError> {
+        let name = t.name.as_str();
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(self.invalid(
+                Some(name),
+                "name",
+                "use 1-64 characters from a-z, 0-9, '-' and '_'",
+            ));
+        }
+        let handler = self.base.join(&t.handler);
+        if !handler.exists() {
+            return Err(self.invalid(
+                Some(name),
+                "handler",
+                format!("{} does not exist", handler.display()),
+            ));
+        }
+        let venv = t.venv.as_ref().map(|venv| self.base.join(venv));
+        if let Some(venv) = &venv
+            && !venv.is_dir()
+        {
+            return Err(self.invalid(
+                Some(name),
+                "venv",
+                format!("{} is not a directory", venv.display()),
+            ));
+        }
+        let mut hosts = Vec::new();
+        for host in &t.hosts {
+            let host = host.to_ascii_lowercase();
+            let valid = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            if !valid {
+                return Err(self.invalid(
+                    Some(name),
+                    "hosts",
+                    format!("`{host}` is not a host name (no port, no scheme)"),
+                ));
+            }
+            hosts.push(host);
+        }
+        if let Some(prefix) = &t.path_prefix {
+            // Requests are matched after their dot-segments are removed, so
+            // a prefix with one (`/a/../b`, `/.`) could never match.
+            let valid = prefix.starts_with('/')
+                && prefix.len() > 1
+                && !prefix.ends_with('/')
+                && !prefix.contains(['?', '#', '%', '{', '}'])
+                && crate::server::tenants::normalize_path(prefix).as_deref() == Ok(prefix.as_str());
+            if !valid {
+                return Err(self.invalid(
+                    Some(name),
+                    "path_prefix",
+                    format!("`{prefix}` must look like /name (leading '/', no trailing '/')"),
+                ));
+            }
+        }
+        let limits = self.limits(&t.limits, defaults, Some(name), "limits")?;
+        let max_concurrency = t.limits.max_concurrency.or(default_concurrency);
+        if max_concurrency == Some(0) {
+            return Err(self.invalid(Some(name), "limits.max_concurrency", "must be at least 1"));
+        }
+        Ok(TenantConfig {
+            name: name.to_owned(),
+            handler,
+            module: t.module.clone(),
+            hosts,
+            path_prefix: t.path_prefix.clone(),
+            limits,
+            max_concurrency,
+            venv,
+        })
+    }
+
+    /// No two tenants may claim the same host and prefix.
+    fn unique_routes(
+        &self,
+        tenant: &TenantConfig,
+        seen: &mut HashSet<(Option<String>, Option<String>)>,
+    ) -> Result<(), ConfigError> {
+        let hosts: Vec<Option<&str>> = if tenant.hosts.is_empty() {
+            vec![None]
+        } else {
+            tenant.hosts.iter().map(|h| Some(h.as_str())).collect()
+        };
+        for host in hosts {
+            if !seen.insert((host.map(str::to_owned), tenant.path_prefix.clone())) {
+                return Err(self.invalid(
+                    Some(&tenant.name),
+                    "hosts",
+                    format!(
+                        "host {} with path prefix {} already routes to another tenant",
+                        host.unwrap_or("(any)"),
+                        tenant.path_prefix.as_deref().unwrap_or("(none)")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn limits(
+        &self,
+        raw: &RawLimits,
+        defaults: &Limits,
+        tenant: Option<&str>,
+        table: &str,
+    ) -> Result<Limits, ConfigError> {
+        let key = |name: &str| format!("{table}.{name}");
+        let memory_bytes = match raw.memory_mib {
+            Some(mib) if !(16..=16384).contains(&mib) => {
+                return Err(self.invalid(
+                    tenant,
+                    &key("memory_mib"),
+                    format!("{mib} is not in 16..=16384"),
+                ));
+            }
+            Some(mib) => mib << 20,
+            None => defaults.memory_bytes,
+        };
+        let positive = |name: &str, value: Option<usize>, default: usize| match value {
+            Some(0) => Err(self.invalid(tenant, &key(name), "must be at least 1")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        Ok(Limits {
+            timeout: self.duration(tenant, &key("timeout"), &raw.timeout, defaults.timeout)?,
+            memory_bytes,
+            max_request_body: positive(
+                "max_request_body",
+                raw.max_request_body,
+                defaults.max_request_body,
+            )?,
+            max_response_body: positive(
+                "max_response_body",
+                raw.max_response_body,
+                defaults.max_response_body,
+            )?,
+            max_output_bytes: positive("max_output", raw.max_output, defaults.max_output_bytes)?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -509,8 +575,12 @@ mod tests {
             e.contains("tenant `b`") && e.contains("already routes"),
             "{e}"
         );
-        let e = error("[[tenant]]\nname = \"a\"\nhandler = \"hello\"\npath_prefix = \"/x/\"\n");
-        assert!(e.contains("key `path_prefix`"), "{e}");
+        for prefix in ["/x/", "/.", "/a/../b", "/a/./b"] {
+            let e = error(&format!(
+                "[[tenant]]\nname = \"a\"\nhandler = \"hello\"\npath_prefix = \"{prefix}\"\n"
+            ));
+            assert!(e.contains("key `path_prefix`"), "{prefix}: {e}");
+        }
         let e = error(
             "[server]\nlisten = \"localhost\"\n[[tenant]]\nname = \"a\"\nhandler = \"hello\"\n",
         );

@@ -1,18 +1,38 @@
 //! Typed errors: one variant per way loading or dispatching can fail.
+//!
+//! Paths and texts in them may be the tenant's (file names) or the guest's
+//! (messages, tracebacks): every message shows them escaped
+//! (`guest_text`), so that printing an error as it is never lets a tenant
+//! drive the terminal or forge a line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// A path as shown in a message: escaped.
+fn shown(path: &Path) -> String {
+    crate::guest_text::escape_controls(&path.display().to_string())
+}
+
+/// A text as shown in a message: escaped, on one line, bounded.
+fn text(value: &str) -> String {
+    crate::guest_text::one_line(value, 16 << 10)
+}
 
 /// Why a handler could not be turned into a runnable sandbox.
 ///
 /// Every variant names the file (and, where known, the line) at fault so the
 /// message alone tells the author what to fix.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
-    #[error("handler not found: {}", path.display())]
+    #[error("handler not found: {}", shown(path))]
     NotFound { path: PathBuf },
 
-    #[error("{}: a handler must be a .py file or a directory ({found})", path.display())]
+    #[error(
+        "{}: a handler must be a .py file or a directory ({})",
+        shown(path),
+        text(found)
+    )]
     NotAHandler { path: PathBuf, found: String },
 
     /// Links are never followed inside what is granted; the handler itself
@@ -20,8 +40,8 @@ pub enum LoadError {
     #[error(
         "{}: is a symbolic link{}; pycage does not follow links in what it grants: name the \
          file or directory itself",
-        path.display(),
-        target.as_ref().map(|t| format!(" (to {})", t.display())).unwrap_or_default()
+        shown(path),
+        target.as_ref().map(|t| format!(" (to {})", shown(t))).unwrap_or_default()
     )]
     Link {
         path: PathBuf,
@@ -29,42 +49,62 @@ pub enum LoadError {
     },
 
     #[error(
+        "{}: has other names (hard links), so it may live anywhere on the filesystem; pycage \
+         grants only files that are the handler's alone: copy it instead",
+        shown(path)
+    )]
+    HardLink { path: PathBuf },
+
+    #[error(
         "{}: no entry module: the directory needs one of {candidates} (or pass --module)",
-        dir.display()
+        shown(dir)
     )]
     NoEntryModule { dir: PathBuf, candidates: String },
 
-    #[error("{}: module `{module}` not found in the handler directory", dir.display())]
+    #[error(
+        "{}: module `{}` not found in the handler directory",
+        shown(dir),
+        text(module)
+    )]
     EntryModuleMissing { dir: PathBuf, module: String },
 
-    #[error("{}: `{name}` is not a valid Python module name", path.display())]
+    #[error("{}: `{}` is not a valid Python module name", shown(path), text(name))]
     BadModuleName { path: PathBuf, name: String },
 
-    #[error("{}: `{module}` is reserved by pycage; rename the handler's file", path.display())]
+    #[error(
+        "{}: `{}` is reserved by pycage; rename the handler's file",
+        shown(path),
+        text(module)
+    )]
     ReservedModuleName { path: PathBuf, module: String },
 
-    #[error("{}: over the size limit ({limit})", path.display())]
+    #[error("{}: over the size limit ({})", shown(path), text(limit))]
     TooLarge { path: PathBuf, limit: String },
 
-    #[error("{location}: SyntaxError: {message}")]
+    #[error("{}: SyntaxError: {}", text(location), text(message))]
     Syntax { location: String, message: String },
 
-    #[error("{location}: {message}\n{traceback}")]
+    // The traceback is already a `guest_text::block`: escaped, indented.
+    #[error("{}: {}\n{traceback}", text(location), text(message))]
     Import {
         location: String,
         message: String,
         traceback: String,
     },
 
-    #[error("{location}: invalid route: {message}")]
+    #[error("{}: invalid route: {}", text(location), text(message))]
     Route { location: String, message: String },
 
-    #[error("{}: no routes: decorate a function with @route(\"/path\")", path.display())]
+    #[error(
+        "{}: no routes: decorate a function with @route(\"/path\")",
+        shown(path)
+    )]
     NoRoutes { path: PathBuf },
 
     #[error(
-        "{}: built for WIT `{found}`, but this pycage speaks `{expected}`; rebuild it",
-        path.display()
+        "{}: built for WIT `{}`, but this pycage speaks `{expected}`; rebuild it",
+        shown(path),
+        text(found)
     )]
     WitVersionMismatch {
         path: PathBuf,
@@ -72,7 +112,10 @@ pub enum LoadError {
         expected: String,
     },
 
-    #[error("{}: {what} limit {requested} is above the runtime maximum {maximum}", path.display())]
+    #[error(
+        "{}: {what} limit {requested} is above the runtime maximum {maximum}",
+        shown(path)
+    )]
     LimitTooHigh {
         path: PathBuf,
         what: &'static str,
@@ -80,20 +123,24 @@ pub enum LoadError {
         maximum: u64,
     },
 
-    #[error("{}: {message}", path.display())]
+    #[error("{}: {}", shown(path), text(message))]
     Pyproject { path: PathBuf, message: String },
 
-    #[error("virtualenv {}: {message}", path.display())]
+    #[error("virtualenv {}: {}", shown(path), text(message))]
     Venv { path: PathBuf, message: String },
 
     #[error(
         "{}: declares dependencies, but neither pip (`python3 -m pip`) nor uv is on PATH; \
          install one of them (for example `apt install python3-pip`) and build again",
-        path.display()
+        shown(path)
     )]
     NoInstaller { path: PathBuf },
 
-    #[error("{}: installing the dependencies with {installer} failed:\n{detail}", path.display())]
+    #[error(
+        "{}: installing the dependencies with {installer} failed:\n{}",
+        shown(path),
+        crate::guest_text::block(detail, 16 << 10)
+    )]
     DependencyInstall {
         path: PathBuf,
         installer: &'static str,
@@ -101,10 +148,12 @@ pub enum LoadError {
     },
 
     #[error(
-        "{}: `{requirement}` has no pure-Python wheel; its wheels are native (extension \
-         module {modules}) and cannot run in the sandbox's WebAssembly CPython; use a \
+        "{}: `{}` has no pure-Python wheel; its wheels are native (extension \
+         module {}) and cannot run in the sandbox's WebAssembly CPython; use a \
          pure-Python alternative",
-        path.display()
+        shown(path),
+        text(requirement),
+        text(modules)
     )]
     NativeOnly {
         path: PathBuf,
@@ -113,9 +162,11 @@ pub enum LoadError {
     },
 
     #[error(
-        "{}: package `{package}` contains the native extension module `{module}`, which \
+        "{}: package `{}` contains the native extension module `{}`, which \
          cannot run in the sandbox's WebAssembly CPython; use a pure-Python package instead",
-        path.display()
+        shown(path),
+        text(package),
+        text(module)
     )]
     NativeExtension {
         path: PathBuf,
@@ -123,10 +174,10 @@ pub enum LoadError {
         module: String,
     },
 
-    #[error("building the sandbox for {} timed out after {timeout:?}", path.display())]
+    #[error("building the sandbox for {} timed out after {timeout:?}", shown(path))]
     BuildTimeout { path: PathBuf, timeout: Duration },
 
-    #[error("building the sandbox for {} failed: {detail}", path.display())]
+    #[error("building the sandbox for {} failed: {}", shown(path), text(detail))]
     Build { path: PathBuf, detail: String },
 
     #[error(
@@ -135,20 +186,20 @@ pub enum LoadError {
     )]
     NoCacheDir,
 
-    #[error("cache {}: {reason}", path.display())]
+    #[error("cache {}: {}", shown(path), text(reason))]
     CacheNotPrivate { path: PathBuf, reason: String },
 
-    #[error("building the sandbox for {}: the build {what}", path.display())]
+    #[error("building the sandbox for {}: the build {}", shown(path), text(what))]
     BuildLimit { path: PathBuf, what: String },
 
-    #[error("cache {}: {source}", path.display())]
+    #[error("cache {}: {source}", shown(path))]
     Cache {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", shown(path))]
     Io {
         path: PathBuf,
         #[source]
@@ -156,7 +207,7 @@ pub enum LoadError {
     },
 
     #[cfg(feature = "runtime")]
-    #[error("compiling the component {}: {source:#}", path.display())]
+    #[error("compiling the component {}: {source:#}", shown(path))]
     Compile {
         path: PathBuf,
         #[source]
@@ -168,14 +219,15 @@ pub enum LoadError {
 ///
 /// The HTTP status each maps to is given by [`DispatchError::status`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DispatchError {
     #[error("no route matches the path")]
     NotFound,
 
-    #[error("method not allowed (allowed: {})", allowed.join(", "))]
+    #[error("method not allowed (allowed: {})", text(&allowed.join(", ")))]
     MethodNotAllowed { allowed: Vec<String> },
 
-    #[error("handler raised {message}")]
+    #[error("handler raised {}", text(message))]
     HandlerException { message: String, traceback: String },
 
     #[error("request took longer than the {0:?} limit")]
@@ -190,7 +242,7 @@ pub enum DispatchError {
     #[error("response body is over the {limit}-byte limit")]
     ResponseTooLarge { limit: usize },
 
-    #[error("handler returned an invalid response: {0}")]
+    #[error("handler returned an invalid response: {}", text(.0))]
     InvalidResponse(String),
 
     #[error("guest exhausted its call stack (recursion too deep)")]
@@ -199,10 +251,10 @@ pub enum DispatchError {
     #[error("handler exited the sandbox with status {0}")]
     Exited(i32),
 
-    #[error("sandbox trapped: {0}")]
+    #[error("sandbox trapped: {}", text(.0))]
     Trap(String),
 
-    #[error("could not start a sandbox instance: {0}")]
+    #[error("could not start a sandbox instance: {}", text(.0))]
     Instantiate(String),
 
     #[error("no instance slot became free within {waited:?}")]

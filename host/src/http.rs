@@ -49,6 +49,7 @@ pub struct Request {
 
 /// Why a request cannot be built.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RequestError {
     #[error("invalid method `{0}`")]
     Method(String),
@@ -124,34 +125,46 @@ impl Response {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// A JSON response made by the host (`content-type: application/json`).
+    pub fn json(status: u16, body: &serde_json::Value) -> Self {
+        Self {
+            status,
+            headers: vec![("content-type".to_owned(), b"application/json".to_vec())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// The host's own error: `{"error": message}` with `status`.
+    pub fn host_error(status: u16, message: &str) -> Self {
+        Self::json(status, &serde_json::json!({ "error": message }))
+    }
+
     /// The response a server sends when dispatch failed: a small JSON body
     /// that never includes guest details (tracebacks stay in the logs).
     pub fn for_error(error: &DispatchError) -> Self {
         let status = error.status();
         let reason = reason_phrase(status).unwrap_or("Error");
-        let mut headers = vec![("content-type".to_owned(), b"application/json".to_vec())];
-        match error {
-            DispatchError::MethodNotAllowed { allowed } => {
-                headers.push(("allow".to_owned(), allowed.join(", ").into_bytes()));
-            }
-            DispatchError::Overloaded { .. } => {
-                headers.push(("retry-after".to_owned(), b"1".to_vec()));
-            }
-            _ => {}
-        }
         // A limit is the operator's policy, safe and useful to name; anything
         // about the guest's own failure stays in the logs.
         let body = match error.limit() {
             Some(_) => serde_json::json!({ "error": reason, "detail": error.to_string() }),
             None => serde_json::json!({ "error": reason }),
+        };
+        let mut response = Self::json(status, &body);
+        match error {
+            DispatchError::MethodNotAllowed { allowed } => {
+                response
+                    .headers
+                    .push(("allow".to_owned(), allowed.join(", ").into_bytes()));
+            }
+            DispatchError::Overloaded { .. } => {
+                response
+                    .headers
+                    .push(("retry-after".to_owned(), b"1".to_vec()));
+            }
+            _ => {}
         }
-        .to_string()
-        .into_bytes();
-        Self {
-            status,
-            headers,
-            body,
-        }
+        response
     }
 
     /// Check a response that came from the guest; drop host-owned headers

@@ -13,79 +13,71 @@
 //! # Ok(()) }
 //! ```
 //!
-//! How the pieces fit:
-//! - [`stage`] reads the handler's files; [`cache`] keys and stores built images;
-//!   [`builder`] runs componentize-py and Cranelift on a cache miss (Cranelift
-//!   reuses the functions it compiled before from `code_cache`).
-//! - [`Runtime`] holds the instance slots; [`Handler`] is a loaded image with
-//!   its own engine, whose linear memories [`memory`] maps from the image
-//!   and resets by copying back only the pages a request wrote.
-//! - [`sandbox`] runs one request in a fresh Store with read-only mounts and
-//!   [`Limits`]; [`http`] validates what crosses the boundary.
-//! - [`server`] is the multi-tenant HTTP front end (`pycage serve`), configured
-//!   by [`config`] (`pycage.toml`).
-//! - The contract with the guest is `wit/handler.wit` ([`wit`]); the guest
-//!   side lives in `guest-python/` ([`guest`]).
+//! The pipeline, one folder per stage, dependencies running one way:
+//!
+//! - `contract`: what host and guest agree on (WIT, mounts, names,
+//!   versions, the embedded Python files, the build report); depends on
+//!   nothing.
+//! - `build`: handler files to a cached, sealed image: staging, dependency
+//!   layers, the cache, the standard-library export, the build worker
+//!   (componentize-py, flatten, immortal objects, compile).
+//! - `capabilities`: what an instance may be granted (files, stdio), each
+//!   with its link / grant / prepare phases.
+//! - `instance`: one Store: memory slots, stacks, the memory cap, the
+//!   deadline, the calls and their outcome.
+//! - `runtime`: engines, the epoch ticker, admission, loading, [`Handler`].
+//! - [`server`]: the multi-tenant HTTP front end (`pycage serve`),
+//!   configured by [`config`]; and the `pycage` binary on top.
+//!
+//! Without the default `runtime` feature the crate is only the parsers of
+//! untrusted data ([`http`], [`config`], [`limits`], tenant routing), which
+//! is what the fuzz targets build.
 
 // Sandbox memories are private file mappings reset with mmap (and, on
-// Linux, listed with PAGEMAP_SCAN): see `memory`.
+// Linux, listed with PAGEMAP_SCAN): see `instance::memory`.
 #[cfg(all(feature = "runtime", not(unix)))]
 compile_error!("pycage's runtime needs a Unix host (Linux for the fast memory reset)");
 
 #[cfg(feature = "runtime")]
-pub mod build;
+mod build;
 #[cfg(feature = "runtime")]
-pub mod cache;
-#[cfg(feature = "runtime")]
-mod code_cache;
+mod capabilities;
 pub mod config;
 #[cfg(feature = "runtime")]
-pub(crate) mod deps;
-#[cfg(feature = "runtime")]
-mod engine;
+mod contract;
 pub mod error;
-#[cfg(feature = "runtime")]
-mod flatten;
-#[cfg(feature = "runtime")]
-pub mod guest;
-pub mod guest_text;
+mod guest_text;
 pub mod http;
 #[cfg(feature = "runtime")]
-mod immortal;
+mod instance;
 pub mod limits;
 #[cfg(feature = "runtime")]
-mod memory;
-#[cfg(feature = "runtime")]
-pub mod output;
-#[cfg(feature = "runtime")]
-mod preopens;
-#[cfg(feature = "runtime")]
-pub mod runtime;
-#[cfg(feature = "runtime")]
-pub mod sandbox;
+mod runtime;
 pub mod server;
-#[cfg(feature = "runtime")]
-mod stacks;
-#[cfg(feature = "runtime")]
-mod stage;
-#[cfg(feature = "runtime")]
-mod untrusted_fs;
-#[cfg(feature = "runtime")]
-pub mod wit;
 
 #[cfg(feature = "runtime")]
-pub use build::{BuildIsolation, BuildLimits, LoadEvent, RouteInfo};
+pub use build::cache::Cache;
 #[cfg(feature = "runtime")]
-pub use cache::Cache;
+pub use build::{BuildIsolation, LoadEvent};
+#[cfg(feature = "runtime")]
+pub use capabilities::output::CapturedOutput;
+#[cfg(feature = "runtime")]
+pub use contract::GUEST_PYTHON_VERSION;
 pub use error::{DispatchError, LoadError};
+pub use guest_text::escape_controls;
 pub use http::{Request, RequestError, Response};
-pub use limits::Limits;
 #[doc(hidden)]
 #[cfg(feature = "runtime")]
-pub use memory::ResetStats;
+pub use instance::memory::ResetStats;
 #[cfg(feature = "runtime")]
-pub use output::CapturedOutput;
+pub use instance::{Exchange, Timings};
+pub use limits::{BuildLimits, Limits};
 #[cfg(feature = "runtime")]
-pub use runtime::{Handler, LoadOptions, Runtime, RuntimeConfig, Teardown};
+pub use runtime::{Handler, LoadOptions, RouteInfo, Runtime, RuntimeConfig, Teardown};
+
+/// The argument that makes the `pycage` binary a build worker, and the
+/// worker's entry point: a binary that is to serve as
+/// [`BuildIsolation::Process`]'s program calls [`run_build_worker`] when
+/// its first argument is this.
 #[cfg(feature = "runtime")]
-pub use sandbox::{Exchange, Timings};
+pub use build::{WORKER_ARG as BUILD_WORKER_ARG, worker_main as run_build_worker};

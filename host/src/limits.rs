@@ -1,4 +1,5 @@
-//! What one request may consume. Every field has a documented default.
+//! What one request, and one cache-miss build, may consume. Every field has a
+//! documented default.
 
 use std::time::Duration;
 

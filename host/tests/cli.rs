@@ -336,6 +336,88 @@ fn guest_text_never_reaches_the_terminal_raw() {
     assert_eq!(table.lines().count(), 1, "{table}");
 }
 
+/// Paths a tenant chose reach the terminal escaped in load errors too: a
+/// handler that is a link whose target holds escapes, and a native module
+/// whose file name does.
+#[test]
+fn tenant_chosen_paths_in_load_errors_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link-h");
+    std::os::unix::fs::symlink("/x\u{1b}[31m\u{1b}]0;T\u{7}\npycage: forged", &link).unwrap();
+    let out = pycage(&["run", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_clean(&stderr(&out));
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+
+    let native = tempfile::tempdir().unwrap();
+    std::fs::write(native.path().join("app.py"), "from pycage import route\n").unwrap();
+    std::fs::write(
+        native
+            .path()
+            .join("\u{1b}]0;PWNED\u{7}\u{1b}[2J\npycage: ok.so"),
+        b"\x7fELF",
+    )
+    .unwrap();
+    let out = pycage(&["run", native.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_clean(&stderr(&out));
+    assert!(
+        stderr(&out).contains("native extension"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Builds work whatever the user's umask (a group-writable default is
+/// common), and what they write into the cache is private all the same.
+#[test]
+fn a_permissive_umask_neither_breaks_builds_nor_opens_the_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("app.py"),
+        format!(
+            "# {}\nfrom pycage import route\n@route('/')\ndef i():\n    return 'umask ok'\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pycage"));
+    command
+        .args(["run", dir.path().to_str().unwrap()])
+        .env("PYCAGE_CACHE_DIR", cache_dir())
+        .env_remove("VIRTUAL_ENV");
+    // SAFETY: umask only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(0o002);
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "umask ok");
+    // Every file and directory of every entry is private.
+    fn check(path: &std::path::Path) {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o022, 0, "{}", path.display());
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap().flatten() {
+                // Other tests' builds in progress (removed when done).
+                if !entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".building-")
+                {
+                    check(&entry.path());
+                }
+            }
+        }
+    }
+    check(&cache_dir().join("handlers"));
+}
+
 fn assert_clean(text: &str) {
     for bad in ['\u{1b}', '\r', '\u{202e}', '\u{2028}', '\u{7}'] {
         assert!(!text.contains(bad), "{bad:?} in:\n{text}");

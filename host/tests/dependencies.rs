@@ -72,7 +72,7 @@ async fn pyproject_and_vendor_packages_import_at_build_time_and_lazily() {
         where_["files"]["slugify_lite"],
         "/1/vendor/slugify_lite/__init__.py"
     );
-    assert_eq!(where_["python"], pycage::guest::GUEST_PYTHON_VERSION);
+    assert_eq!(where_["python"], pycage::GUEST_PYTHON_VERSION);
     assert_eq!(where_["fresh"], true);
     assert_eq!(where_["bytecode"], true);
 

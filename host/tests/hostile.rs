@@ -346,6 +346,12 @@ async fn a_snapshot_larger_than_the_memory_limit_hits_the_limit() {
         "/",
         |e| matches!(e, DispatchError::MemoryLimit { limit_bytes } if *limit_bytes == 16 << 20),
     );
+    // The route table comes from an instance too, and is classified the
+    // same way (it used to be reported as a trap).
+    match h.routes().await {
+        Err(DispatchError::MemoryLimit { limit_bytes }) => assert_eq!(limit_bytes, 16 << 20),
+        other => panic!("expected the memory limit, got {other:?}"),
+    }
     // The same image under the default limit serves.
     let roomy = runtime()
         .load(&path, &LoadOptions::default(), &|_| {})

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use common::{cache_dir, fixture, get, ok};
 use pycage::{BuildLimits, Cache, LoadError, LoadOptions, Runtime, RuntimeConfig};
 
-/// A runtime whose builds have small limits, so that each attack hits one
-/// quickly.
+/// A runtime whose builds have small memory and disk limits, so that each
+/// attack hits one quickly.
 fn strict() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         let mut config = RuntimeConfig::new(Cache::new(cache_dir()));
         config.build_limits = BuildLimits {
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(180),
             memory_bytes: 1024 << 20,
             disk_bytes: 384 << 20,
         };
@@ -28,8 +28,12 @@ fn strict() -> &'static Runtime {
 }
 
 /// The fixture copied to a fresh directory (with a nonce, so that earlier
-/// runs sharing the cache do not make it a cache hit), then loaded.
+/// runs sharing the cache do not make it a cache hit), then loaded. One
+/// build at a time: on two cores, concurrent builds would only measure
+/// each other.
 fn build(name: &str, runtime: &Runtime) -> (Result<pycage::Handler, LoadError>, tempfile::TempDir) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let source = std::fs::read_to_string(fixture(&format!("hostile_build/{name}/app.py"))).unwrap();
     std::fs::write(
@@ -154,6 +158,42 @@ async fn a_build_that_floods_the_disk_is_stopped_at_its_limit() {
     }
     assert!(started.elapsed() < Duration::from_secs(120));
     still_building().await;
+}
+
+/// A tree deeper than any recursive walk or descriptor limit stops the
+/// build (the host process survives it) and is removed with the build
+/// directory.
+#[tokio::test]
+async fn a_build_that_nests_directories_thousands_deep_is_stopped_and_removed() {
+    let (loaded, dir) = build("deep_tree", strict());
+    match loaded {
+        Err(error @ LoadError::BuildLimit { .. }) => {
+            assert!(error.to_string().contains("nested"), "{error}")
+        }
+        Err(other) => panic!("expected the disk limit, got {other}"),
+        Ok(_) => panic!("a 5,000-deep tree built"),
+    }
+    assert_no_build_dir_left(&dir);
+    still_building().await;
+}
+
+/// No build directory of the handler in `dir` is left in the cache.
+fn assert_no_build_dir_left(dir: &tempfile::TempDir) {
+    let marker = dir.path().display().to_string();
+    let leftovers: Vec<_> = std::fs::read_dir(cache_dir().join("handlers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".building-"))
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("mounts/app/app.py"))
+                .is_ok_and(|text| text.contains(&marker))
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "left behind: {:?}",
+        leftovers[0].path()
+    );
 }
 
 #[tokio::test]

@@ -15,22 +15,25 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 use super::job::{ARTIFACT, BuiltFacts, MEMORY_IMAGE};
-use crate::cache::Cache;
-use crate::cache::private;
-use crate::cache::seal::{FileSeal, Match};
-use crate::deps::Layer;
+use crate::build::cache::Cache;
+use crate::build::cache::private;
+use crate::build::cache::seal::{FileSeal, Match};
+use crate::build::stage::{MAX_TOTAL_BYTES, Snapshot};
+use crate::build::untrusted_fs::{self, ReadError};
+use crate::contract::wit;
+use crate::contract::{self, mounts};
 use crate::error::LoadError;
-use crate::guest;
-use crate::memory::MemoryImage;
-use crate::stage::{MAX_TOTAL_BYTES, Snapshot};
-use crate::untrusted_fs::{self, ReadError};
-use crate::wit;
+use crate::instance::memory::MemoryImage;
 
 const META: &str = "meta.json";
 const APP: &str = "app";
 const LAYERS: &str = "layers";
-/// The MAC domain of entry manifests.
-const CONTEXT: &str = "pycage handler entry";
+/// The MAC domain of an entry's manifest: the entry's key is part of it,
+/// so a manifest (with the files it vouches for) copied into another
+/// entry's place does not verify there.
+fn context(entry_key: &str) -> String {
+    format!("pycage handler entry {entry_key}")
+}
 /// Longest manifest read back.
 const MAX_META_BYTES: u64 = 1 << 20;
 /// No compiled module is anywhere near this big; `.pyc` files larger than
@@ -48,10 +51,10 @@ pub(crate) struct Meta {
     /// How many core modules `flatten` merged into one (0: kept apart).
     pub merged_modules: usize,
     /// Whether the memory's initial contents are in `memory.img` instead
-    /// of the component's data segments (see `crate::memory`).
+    /// of the component's data segments (see `crate::instance::memory`).
     pub memory_image: bool,
     /// How many of the snapshot's Python objects were made immortal in the
-    /// memory image (see `crate::immortal`).
+    /// memory image (see `crate::build::immortal`).
     pub immortal_objects: usize,
     /// The files the host maps or runs.
     pub files: Vec<FileSeal>,
@@ -85,6 +88,7 @@ pub(crate) struct Inputs<'a> {
 /// seal it.
 pub(crate) fn assemble(
     cache: &Cache,
+    entry_key: &str,
     entry: &Path,
     inputs: &Inputs<'_>,
     out: &Path,
@@ -114,7 +118,7 @@ pub(crate) fn assemble(
     for (index, files) in inputs.layers.iter().enumerate() {
         let dir = entry
             .join(LAYERS)
-            .join(Layer::mount(index).trim_start_matches('/'));
+            .join(mounts::layer(index).trim_start_matches('/'));
         write_tree(files, &dir).map_err(io(&dir))?;
         let seen = mount_dir(&inputs.mounts, Some(index));
         copy_bytecode(files, &seen, &dir, &mut budget).map_err(bounded)?;
@@ -140,8 +144,8 @@ pub(crate) fn assemble(
         files: seals,
     };
     let key = cache.open()?;
-    let sealed = key.key().seal(CONTEXT, &meta);
-    std::fs::write(entry.join(META), sealed).map_err(io(&entry.join(META)))
+    let sealed = key.key().seal(&context(entry_key), &meta);
+    private::write_file(&entry.join(META), &sealed).map_err(io(&entry.join(META)))
 }
 
 /// Where the guest saw the handler's tree (`None`) or layer `n` during the
@@ -183,7 +187,7 @@ fn copy_bytecode(
             Some((parent, stem)) => (format!("{parent}/"), stem),
             None => (String::new(), stem_path),
         };
-        let relative = format!("{parent}__pycache__/{stem}.{}.pyc", guest::PYC_TAG);
+        let relative = format!("{parent}__pycache__/{stem}.{}.pyc", contract::PYC_TAG);
         let limit = MAX_PYC_BYTES.min(*budget);
         let bytes = match untrusted_fs::read_file_at(
             mount_fd.as_fd(),
@@ -215,7 +219,7 @@ pub(crate) fn load(engine: &Engine, cache: &Cache, key: &str) -> Result<Option<B
         return Ok(None);
     };
     let dir = cache.handler_dir(key);
-    match verify(engine, cache, &entry, &dir) {
+    match verify(engine, cache, key, &entry, &dir) {
         Ok(built) => Ok(Some(built)),
         Err(Verify::Absent) => Ok(None),
         Err(Verify::Refused(reason)) => {
@@ -235,7 +239,13 @@ enum Verify {
     Error(LoadError),
 }
 
-fn verify(engine: &Engine, cache: &Cache, entry: &OwnedFd, dir: &Path) -> Result<Built, Verify> {
+fn verify(
+    engine: &Engine,
+    cache: &Cache,
+    key: &str,
+    entry: &OwnedFd,
+    dir: &Path,
+) -> Result<Built, Verify> {
     let opened = cache.open().map_err(Verify::Error)?;
     let refused = |what: &str, e: private::NotPrivate| Verify::Refused(format!("{what}: {e}"));
     let (fd, stat) = match private::open_file(entry, META) {
@@ -249,7 +259,7 @@ fn verify(engine: &Engine, cache: &Cache, entry: &OwnedFd, dir: &Path) -> Result
         .map_err(|e| Verify::Refused(e.to_string()))?;
     let meta: Meta = opened
         .key()
-        .open(CONTEXT, &document)
+        .open(&context(key), &document)
         .ok_or_else(|| Verify::Refused(format!("{META} is not sealed under this cache's key")))?;
     let mut verified = Vec::new();
     for seal in &meta.files {
@@ -289,7 +299,7 @@ fn verify(engine: &Engine, cache: &Cache, entry: &OwnedFd, dir: &Path) -> Result
     if meta.layers > 0 {
         let layers_dir = private::open_dir(entry, LAYERS).map_err(|e| refused(LAYERS, e))?;
         for index in 0..meta.layers {
-            let mount = Layer::mount(index);
+            let mount = mounts::layer(index);
             let fd = private::open_dir(&layers_dir, mount.trim_start_matches('/'))
                 .map_err(|e| refused(&mount, e))?;
             layers.push((fd, mount));

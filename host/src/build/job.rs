@@ -17,19 +17,19 @@ use wasmtime::component::Component;
 
 use super::componentize;
 use super::report::{self, Report};
-use crate::cache::Cache;
-use crate::code_cache::CodeCache;
-use crate::engine;
-use crate::flatten::{self, FlattenError};
-use crate::guest;
-use crate::immortal;
-use crate::memory::MemoryImage;
-use crate::untrusted_fs;
-use crate::wit;
+use crate::build::cache::Cache;
+use crate::build::cache::code::CodeCache;
+use crate::build::flatten::{self, FlattenError};
+use crate::build::immortal;
+use crate::build::untrusted_fs;
+use crate::contract;
+use crate::contract::engine;
+use crate::contract::wit;
+use crate::instance::memory::MemoryImage;
 
 /// The compiled component, in the job's output directory.
 pub(crate) const ARTIFACT: &str = "sandbox.cwasm";
-/// The memory image moved out of the component (see `crate::memory`).
+/// The memory image moved out of the component (see `crate::instance::memory`).
 pub(crate) const MEMORY_IMAGE: &str = "memory.img";
 /// The worker's answer, in the job's output directory.
 pub(crate) const OUTCOME: &str = "outcome.json";
@@ -131,7 +131,7 @@ fn compile(job: &Job, component_wasm: &Path) -> Result<BuiltFacts, String> {
     let cache = Cache::new(&job.cache_root);
     let key = cache.open().map_err(|e| e.to_string())?.key().clone();
     let code_cache = Arc::new(CodeCache::new(cache.code_dir(), key));
-    code_cache.trim(crate::code_cache::CODE_CACHE_LIMIT);
+    code_cache.trim(crate::build::cache::code::CODE_CACHE_LIMIT);
     let engine = Engine::new(&engine::config(Some(code_cache))).map_err(|e| format!("{e:#}"))?;
 
     let (fd, stat) = untrusted_fs::open_named(component_wasm).map_err(|e| e.to_string())?;
@@ -157,7 +157,8 @@ fn compile(job: &Job, component_wasm: &Path) -> Result<BuiltFacts, String> {
     })?;
     let artifact = component.serialize().map_err(|e| format!("{e:#}"))?;
     let write = |name: &str, bytes: &[u8]| {
-        std::fs::write(job.out_dir.join(name), bytes).map_err(|e| format!("writing {name}: {e}"))
+        crate::build::cache::private::write_file(&job.out_dir.join(name), bytes)
+            .map_err(|e| format!("writing {name}: {e}"))
     };
     write(ARTIFACT, &artifact)?;
     if let Some(image) = &memory_image {
@@ -180,7 +181,7 @@ fn immortalize(image: &mut [u8], report_dir: &Path, warnings: &mut Vec<String>) 
     // (two words per object; more objects than the image has room for
     // cannot be real).
     let max = image.len() as u64 / 2;
-    let listing = match untrusted_fs::read_file_in(report_dir, guest::SNAPSHOT_OBJECTS, max) {
+    let listing = match untrusted_fs::read_file_in(report_dir, contract::SNAPSHOT_OBJECTS, max) {
         Ok(Some(listing)) => listing,
         Ok(None) => {
             warnings.push("no snapshot object listing; objects stay mortal".into());

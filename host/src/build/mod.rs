@@ -10,39 +10,36 @@
 //! host then assembles the entry from what it staged plus the bytecode the
 //! guest compiled (`entry`), seals and publishes it.
 
+pub(crate) mod cache;
 mod componentize;
+pub(crate) mod deps;
 mod entry;
+mod flatten;
+mod immortal;
 pub(crate) mod job;
 mod report;
+pub(crate) mod stage;
 mod stdlib;
+pub(crate) mod supervise;
+pub(crate) mod untrusted_fs;
 pub(crate) mod worker;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use wasmtime::Engine;
 
-use crate::cache::{self, Cache};
-use crate::deps::{self, Layer, LayerContents};
+use crate::contract::{self, framework, mounts, wit};
 use crate::error::LoadError;
-use crate::guest;
 use crate::guest_text;
-use crate::stage::{HandlerSource, Snapshot, Tree};
-use crate::wit;
+use cache::Cache;
+use deps::{Layer, LayerContents};
 pub(crate) use entry::Built;
 use job::{Job, JobKind, Outcome};
+use stage::{HandlerSource, Snapshot, Tree};
 use worker::WorkerError;
 pub use worker::{BuildIsolation, BuildLimits, WORKER_ARG, worker_main};
-
-/// One row of the route table, as declared with `@route`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RouteInfo {
-    pub pattern: String,
-    pub methods: Vec<String>,
-    pub handler: String,
-}
 
 /// Progress and diagnostics while loading; the CLI prints them, an embedder
 /// may log or ignore them. Paths and texts in them may come from the
@@ -107,7 +104,7 @@ pub(crate) fn ensure_built(
     }
 
     let deadline = Instant::now() + settings.limits.timeout;
-    deps::install_missing(&layers, cache, settings.limits.timeout, on_event)?;
+    deps::install_missing(&layers, cache, &settings.limits, on_event)?;
     let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
     let started = Instant::now();
     on_event(LoadEvent::Building {
@@ -124,7 +121,7 @@ pub(crate) fn ensure_built(
         cache_root: cache.root().to_path_buf(),
         wit_dir: scratch.path().join("wit"),
         python_path: inputs.python_path.clone(),
-        app_module: guest::APP_MODULE.into(),
+        app_module: contract::GLUE_MODULE.into(),
         report_dir: inputs.python_path[0].clone(),
         out_dir: out.clone(),
         max_component_bytes: settings.max_component_bytes,
@@ -160,6 +157,7 @@ pub(crate) fn ensure_built(
     };
     entry::assemble(
         cache,
+        &key,
         &entry_dir,
         &assembled,
         &out,
@@ -233,7 +231,8 @@ fn installed_layers(layers: &[Layer]) -> Result<Vec<Option<Snapshot>>, LoadError
         .map(|layer| match &layer.contents {
             LayerContents::Files(_) => Ok(None),
             LayerContents::Installed { dir, .. } => {
-                crate::stage::snapshot_tree(&dir.join(deps::SITE), &Tree::INSTALLED).map(Some)
+                crate::build::stage::snapshot_tree(&dir.join(deps::SITE), &Tree::INSTALLED)
+                    .map(Some)
             }
         })
         .collect()
@@ -267,20 +266,19 @@ fn write_inputs<'a>(
         move |source| LoadError::Io { path, source }
     };
     let mounts = scratch.join("mounts");
-    let framework = mounts.join("framework");
+    let framework_dir = mounts.join("framework");
     let wit_dir = scratch.join("wit");
     let app = entry::mount_dir(&mounts, None);
-    let layer_mounts: Vec<String> = (0..layers.len()).map(Layer::mount).collect();
-    guest::write_framework(&framework, &source.entry_module, &layer_mounts)
-        .map_err(io(&framework))?;
+    let layer_mounts: Vec<String> = (0..layers.len()).map(mounts::layer).collect();
+    framework::write_framework(&framework_dir, &source.entry_module, &layer_mounts)
+        .map_err(io(&framework_dir))?;
     cache::private::write_file(&wit_dir.join("handler.wit"), wit::WIT_SOURCE.as_bytes())
         .map_err(io(&wit_dir))?;
     snapshot.write_to(&app).map_err(io(&app))?;
     std::fs::create_dir_all(&app).map_err(io(&app))?;
     // The framework comes first (mounted at /0) so a handler file cannot
-    // shadow it; the handler is /1 (see guest::GUEST_IMPORT_DIR), then the
-    // layers (see deps::Layer::mount).
-    let mut python_path = vec![framework, app];
+    // shadow it; the handler is /1, then the layers (see contract::mounts).
+    let mut python_path = vec![framework_dir, app];
     let mut layer_files = Vec::new();
     for (index, (layer, installed)) in layers.iter().zip(installed).enumerate() {
         let files = match (&layer.contents, installed) {

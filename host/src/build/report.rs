@@ -1,17 +1,15 @@
-//! The report the guest glue writes at build time (`pycage_guest.py`), and
-//! how the host reads it: guest-written, so opened without following links,
-//! bounded, parsed defensively, and every text in it escaped and bounded
-//! before it becomes part of an error message.
+//! Reading the build report (`contract::report`): guest-written, so opened
+//! without following links, bounded, parsed defensively, and every text in
+//! it escaped and bounded before it becomes part of an error message.
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
+use super::stage::HandlerSource;
+use super::untrusted_fs;
+pub(crate) use crate::contract::report::Report;
+use crate::contract::{self, mounts};
 use crate::error::LoadError;
-use crate::guest;
 use crate::guest_text;
-use crate::stage::HandlerSource;
-use crate::untrusted_fs;
 
 /// Largest report the host reads; the glue bounds output and traceback
 /// to 64 KiB each.
@@ -21,29 +19,9 @@ const MAX_MESSAGE: usize = 2 << 10;
 const MAX_TRACEBACK: usize = 64 << 10;
 const MAX_OUTPUT: usize = 64 << 10;
 
-/// What `pycage_guest.py` reports after importing the handler.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct Report {
-    pub ok: bool,
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub message: String,
-    #[serde(default)]
-    pub file: Option<String>,
-    #[serde(default)]
-    pub line: Option<u32>,
-    #[serde(default)]
-    pub traceback: String,
-    #[serde(default)]
-    pub output: String,
-    #[serde(default)]
-    pub output_truncated: bool,
-}
-
 /// The report in the framework mount `dir`, if the guest wrote one.
 pub(crate) fn read(dir: &Path) -> Result<Option<Report>, String> {
-    let Some(bytes) = untrusted_fs::read_file_in(dir, guest::BUILD_REPORT, MAX_REPORT_BYTES)
+    let Some(bytes) = untrusted_fs::read_file_in(dir, contract::BUILD_REPORT, MAX_REPORT_BYTES)
         .map_err(|e| e.to_string())?
     else {
         return Ok(None);
@@ -59,7 +37,7 @@ impl Report {
     /// the guest names are kept only if they are files of the handler;
     /// texts are escaped and bounded.
     pub(crate) fn into_error(self, source: &HandlerSource) -> LoadError {
-        let guest_prefix = format!("{}/", guest::GUEST_IMPORT_DIR);
+        let guest_prefix = format!("{}/", mounts::IMPORT);
         let host_prefix = format!("{}/", source.display_root.display());
         let file = self
             .file

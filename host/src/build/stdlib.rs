@@ -7,10 +7,10 @@ use std::os::fd::OwnedFd;
 use super::LoadEvent;
 use super::job::{Job, JobKind, Outcome};
 use super::worker::{self, BuildIsolation, BuildLimits};
-use crate::cache::Cache;
+use crate::build::cache::Cache;
+use crate::contract::framework;
+use crate::contract::wit;
 use crate::error::LoadError;
-use crate::guest;
-use crate::wit;
 
 /// The exported standard library's `python/` directory: from the cache,
 /// or exported now.
@@ -35,8 +35,8 @@ pub(crate) fn ensure(
         std::fs::create_dir_all(d).map_err(|e| io(d, e))?;
     }
     std::fs::write(
-        exporter.join(format!("{}.py", guest::STDLIB_EXPORTER_MODULE)),
-        guest::STDLIB_EXPORTER,
+        exporter.join(format!("{}.py", framework::STDLIB_EXPORTER_MODULE)),
+        framework::STDLIB_EXPORTER,
     )
     .map_err(|e| io(&exporter, e))?;
     std::fs::write(wit_dir.join("handler.wit"), wit::WIT_SOURCE).map_err(|e| io(&wit_dir, e))?;
@@ -47,7 +47,7 @@ pub(crate) fn ensure(
         cache_root: cache.root().to_path_buf(),
         wit_dir: wit_dir.clone(),
         python_path: vec![out.clone(), exporter.clone()],
-        app_module: guest::STDLIB_EXPORTER_MODULE.into(),
+        app_module: framework::STDLIB_EXPORTER_MODULE.into(),
         report_dir: out.clone(),
         out_dir: work,
         max_component_bytes: 0,
@@ -66,10 +66,12 @@ pub(crate) fn ensure(
         return Err(failed("the export produced nothing".into()));
     }
     let publish = scratch.path().join("publish");
-    crate::cache::private::create_dir_all(&publish).map_err(|e| cache.refuse(&publish, e))?;
+    crate::build::cache::private::create_dir_all(&publish)
+        .map_err(|e| cache.refuse(&publish, e))?;
     std::fs::rename(out.join("python"), publish.join("python")).map_err(|e| io(&out, e))?;
     // Made through WASI with the process umask: private, before it is used.
-    crate::cache::private::restrict_tree(&publish.join("python")).map_err(|e| io(&publish, e))?;
+    crate::build::cache::private::restrict_tree(&publish.join("python"))
+        .map_err(|e| io(&publish, e))?;
     let _ = std::fs::rename(
         out.join("export-report.txt"),
         publish.join("export-report.txt"),

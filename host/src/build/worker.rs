@@ -24,14 +24,14 @@
 //! output directory, which no guest mount reaches.
 
 use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::job::{self, Job, Outcome};
+use super::supervise::{self, Stop};
+use crate::build::untrusted_fs;
 pub use crate::limits::BuildLimits;
-use crate::untrusted_fs;
 
 /// The argument that makes the pycage binary a build worker.
 pub const WORKER_ARG: &str = "build-worker";
@@ -57,13 +57,6 @@ impl Default for BuildIsolation {
         BuildIsolation::Process { program: None }
     }
 }
-
-/// Files and directories a build may create before it is stopped.
-const MAX_BUILD_FILES: usize = 200_000;
-/// How often the build directory's size is measured.
-const DISK_POLL: Duration = Duration::from_millis(200);
-/// What is kept of each of the worker's output streams.
-const MAX_WORKER_OUTPUT: usize = 64 << 10;
 
 /// Why a build produced no outcome.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -153,124 +146,39 @@ fn in_child(
         .current_dir(scratch)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so that a kill reaches anything it started.
-        .process_group(0);
+        .stderr(Stdio::piped());
     for name in ["PYCAGE_LOG", "RUST_BACKTRACE", "PYCAGE_PERFMAP"] {
         if let Some(value) = std::env::var_os(name) {
             command.env(name, value);
         }
     }
-    // CPU seconds, a backstop for the wall-clock deadline below: every
-    // core busy for the whole timeout, and then some. The soft limit sends
-    // SIGXCPU (reported as the timeout), the hard one SIGKILL.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let cpu = limits.timeout.as_secs() * cores + 10;
-    let rlimits = [
-        (libc::RLIMIT_DATA, limits.memory_bytes, limits.memory_bytes),
-        (libc::RLIMIT_FSIZE, limits.disk_bytes, limits.disk_bytes),
-        (libc::RLIMIT_CPU, cpu, cpu + 10),
-        (libc::RLIMIT_CORE, 0, 0),
-    ];
-    // SAFETY: only async-signal-safe calls (setrlimit, prctl) between fork
-    // and exec, on values computed before the fork.
-    unsafe {
-        command.pre_exec(move || {
-            // Everything the build writes (and the guest through it) is
-            // private to this user, whatever the host's umask.
-            libc::umask(0o077);
-            for (resource, soft, hard) in rlimits {
-                let limit = libc::rlimit {
-                    rlim_cur: soft as libc::rlim_t,
-                    rlim_max: hard as libc::rlim_t,
-                };
-                if libc::setrlimit(resource, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            #[cfg(target_os = "linux")]
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let started = Instant::now();
+    supervise::confine(&mut command, limits);
     let mut child = command
         .spawn()
         .map_err(|e| WorkerError::Crashed(format!("cannot start {}: {e}", program.display())))?;
-    let stdout = drain(child.stdout.take().expect("piped"));
-    let stderr = drain(child.stderr.take().expect("piped"));
     let request = serde_json::to_vec(job).expect("a job serialises");
     if let Some(mut stdin) = child.stdin.take() {
         // A worker that died at once shows up in its exit status below.
         let _ = stdin.write_all(&request);
     }
-
-    let mut next_poll = started;
-    let mut stopped: Option<WorkerError> = None;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(error) => {
-                stopped = Some(WorkerError::Crashed(error.to_string()));
-            }
-        }
-        if stopped.is_none() && started.elapsed() >= limits.timeout {
-            stopped = Some(WorkerError::Timeout(limits.timeout));
-        }
-        if stopped.is_none() && Instant::now() >= next_poll {
-            next_poll = Instant::now() + DISK_POLL;
-            match disk_usage(scratch) {
-                Usage::Bytes(bytes) if bytes > limits.disk_bytes => {
-                    stopped = Some(WorkerError::Disk(untrusted_fs::format_bytes(
-                        limits.disk_bytes,
-                    )));
-                }
-                Usage::TooManyFiles => {
-                    stopped = Some(WorkerError::Disk(format!("{MAX_BUILD_FILES} files")));
-                }
-                Usage::Bytes(_) => {}
-            }
-        }
-        if let Some(reason) = &stopped {
-            kill_group(&child);
-            match child.wait() {
-                Ok(status) => break status,
-                Err(_) => return Err(reason.clone()),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
-    let output = String::from_utf8_lossy(&[stdout, stderr].concat()).into_owned();
-    if !output.trim().is_empty() {
-        tracing::debug!(output = %crate::guest_text::escape_controls(&output), "build worker output");
+    let ended = supervise::supervise(child, limits, scratch);
+    if !ended.output.trim().is_empty() {
+        tracing::debug!(output = %crate::guest_text::escape_controls(&ended.output), "build worker output");
     }
-    if let Some(reason) = stopped {
-        return Err(reason);
+    match ended.stopped {
+        Some(Stop::Timeout(_)) => return Err(WorkerError::Timeout(limits.timeout)),
+        Some(Stop::Disk(what)) => return Err(WorkerError::Disk(what)),
+        None => {}
     }
-    match status.signal() {
-        Some(libc::SIGXFSZ) => {
-            return Err(WorkerError::Disk(untrusted_fs::format_bytes(
-                limits.disk_bytes,
-            )));
-        }
-        Some(libc::SIGXCPU) => return Err(WorkerError::Timeout(limits.timeout)),
-        _ => {}
-    }
-    let out_of_memory = output.contains("memory allocation of")
-        || output.contains("out of memory")
-        || output.contains("Cannot allocate memory");
-    if !status.success() {
+    let out_of_memory = supervise::out_of_memory(&ended.output);
+    if !ended.status.success() {
         if out_of_memory {
             return Err(WorkerError::Memory(limits.memory_bytes));
         }
         return Err(WorkerError::Crashed(format!(
-            "the build worker {status}: {}",
-            crate::guest_text::one_line(output.trim(), 4096)
+            "the build worker {}: {}",
+            ended.status,
+            crate::guest_text::one_line(ended.output.trim(), 4096)
         )));
     }
     let outcome = untrusted_fs::read_file_in(&job.out_dir, job::OUTCOME, job::MAX_OUTCOME_BYTES)
@@ -282,91 +190,6 @@ fn in_child(
         return Err(WorkerError::Memory(limits.memory_bytes));
     }
     Ok(outcome)
-}
-
-/// Read `stream` on a thread, keeping its first [`MAX_WORKER_OUTPUT`] bytes
-/// and discarding the rest, so the worker never blocks on a full pipe.
-fn drain(mut stream: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut buffer = [0u8; 8192];
-        while let Ok(n) = stream.read(&mut buffer) {
-            if n == 0 {
-                break;
-            }
-            let room = MAX_WORKER_OUTPUT.saturating_sub(kept.len());
-            kept.extend_from_slice(&buffer[..n.min(room)]);
-        }
-        kept
-    })
-}
-
-fn kill_group(child: &std::process::Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: kill has no memory-safety preconditions; the group is the
-        // child's own (process_group(0) above).
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-    }
-}
-
-enum Usage {
-    Bytes(u64),
-    TooManyFiles,
-}
-
-/// Bytes allocated below `dir` (not following links), or that it holds
-/// more than [`MAX_BUILD_FILES`] entries.
-fn disk_usage(dir: &Path) -> Usage {
-    fn walk(dir: std::os::fd::BorrowedFd<'_>, total: &mut u64, entries: &mut usize) -> bool {
-        let Ok(listing) = rustix::fs::Dir::read_from(dir) else {
-            return true;
-        };
-        for entry in listing.flatten() {
-            let name = entry.file_name();
-            if name == c"." || name == c".." {
-                continue;
-            }
-            *entries += 1;
-            if *entries > MAX_BUILD_FILES {
-                return false;
-            }
-            let Ok(stat) = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-            else {
-                continue;
-            };
-            *total += stat.st_blocks as u64 * 512;
-            if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory
-                && let Ok(sub) = rustix::fs::openat(
-                    dir,
-                    name,
-                    rustix::fs::OFlags::RDONLY
-                        | rustix::fs::OFlags::DIRECTORY
-                        | rustix::fs::OFlags::NOFOLLOW
-                        | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )
-                && !walk(std::os::fd::AsFd::as_fd(&sub), total, entries)
-            {
-                return false;
-            }
-        }
-        true
-    }
-    let Ok(root) = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    ) else {
-        return Usage::Bytes(0);
-    };
-    let (mut total, mut entries) = (0, 0);
-    if walk(std::os::fd::AsFd::as_fd(&root), &mut total, &mut entries) {
-        Usage::Bytes(total)
-    } else {
-        Usage::TooManyFiles
-    }
 }
 
 /// Longest job description a worker reads from its stdin.

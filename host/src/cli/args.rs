@@ -171,27 +171,45 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 }
 
+/// Per-request limits; each unset flag keeps `pycage::Limits::default()`.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Wall-clock limit per request, e.g. 500ms, 10s, 2m
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = pycage::limits::parse_duration)]
-    pub timeout: Duration,
+    /// Wall-clock limit per request, e.g. 500ms, 10s, 2m [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = pycage::limits::parse_duration)]
+    pub timeout: Option<Duration>,
 
-    /// Memory limit per instance in MiB
-    #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..=65536))]
-    pub memory_mib: u64,
+    /// Memory limit per instance in MiB [default: 256]
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..=65536))]
+    pub memory_mib: Option<u64>,
 
-    /// Largest request body in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = 10 << 20)]
-    pub max_request_body: usize,
+    /// Largest request body in bytes [default: 10485760]
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_body: Option<usize>,
 
-    /// Largest response body in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = 10 << 20)]
-    pub max_response_body: usize,
+    /// Largest response (body and headers) in bytes [default: 10485760]
+    #[arg(long, value_name = "BYTES")]
+    pub max_response_body: Option<usize>,
 
     /// Captured guest stdout/stderr per request and stream, in bytes (the rest is dropped)
-    #[arg(long, value_name = "BYTES", default_value_t = 64 << 10)]
-    pub max_output: usize,
+    /// [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub max_output: Option<usize>,
+}
+
+impl LimitArgs {
+    /// The limits the flags ask for.
+    pub fn limits(&self) -> pycage::Limits {
+        let defaults = pycage::Limits::default();
+        pycage::Limits {
+            timeout: self.timeout.unwrap_or(defaults.timeout),
+            memory_bytes: self
+                .memory_mib
+                .map_or(defaults.memory_bytes, |mib| mib << 20),
+            max_request_body: self.max_request_body.unwrap_or(defaults.max_request_body),
+            max_response_body: self.max_response_body.unwrap_or(defaults.max_response_body),
+            max_output_bytes: self.max_output.unwrap_or(defaults.max_output_bytes),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -202,5 +220,29 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// The defaults the help text states are the library's.
+    #[test]
+    fn stated_defaults_are_the_librarys() {
+        use clap::CommandFactory;
+        let limits = pycage::Limits::default();
+        let build = pycage::BuildLimits::default();
+        let help = Cli::command().render_long_help().to_string()
+            + &Cli::command()
+                .find_subcommand_mut("run")
+                .unwrap()
+                .render_long_help()
+                .to_string();
+        for stated in [
+            format!("[default: {}s]", limits.timeout.as_secs()),
+            format!("[default: {}]", limits.memory_bytes >> 20),
+            format!("[default: {}]", limits.max_request_body),
+            format!("[default: {}]", limits.max_output_bytes),
+            format!("[default: {}s", build.timeout.as_secs()),
+            format!("[default: {}", build.memory_bytes >> 20),
+        ] {
+            assert!(help.contains(&stated), "{stated} not in:\n{help}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use pycage::config::{self, ServeConfig, TenantConfig};
+use pycage::config::{ServeConfig, TenantConfig};
 use pycage::server::{self, Server};
 use pycage::{
     BuildLimits, Cache, DispatchError, Handler, Limits, LoadError, LoadOptions, Request, Runtime,
@@ -122,13 +122,7 @@ fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Failure> {
 }
 
 fn limits(args: &LimitArgs) -> Limits {
-    Limits {
-        timeout: args.timeout,
-        memory_bytes: args.memory_mib << 20,
-        max_request_body: args.max_request_body,
-        max_response_body: args.max_response_body,
-        max_output_bytes: args.max_output,
-    }
+    args.limits()
 }
 
 /// Build the request from the flags before anything is loaded, so a typo is
@@ -261,27 +255,13 @@ fn build(common: &Common, reporter: &Reporter, args: HandlerArgs) -> Result<Exit
 fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Failure> {
     let mut config = match (&args.config, &args.handler) {
         (Some(path), _) => ServeConfig::load(path).map_err(|e| Failure::Usage(e.to_string()))?,
-        (None, Some(handler)) => ServeConfig {
-            listen: config::DEFAULT_LISTEN.parse().expect("valid default"),
-            admin_listen: None,
-            max_instances: config::DEFAULT_MAX_INSTANCES,
-            queue_timeout: config::DEFAULT_QUEUE_TIMEOUT,
-            shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
-            body_timeout: config::DEFAULT_BODY_TIMEOUT,
-            max_connections: config::DEFAULT_MAX_CONNECTIONS,
-            build_limits: BuildLimits::default(),
-            cache_dir: None,
-            tenants: vec![TenantConfig {
-                name: "default".into(),
-                handler: handler.clone(),
-                module: args.module.clone(),
-                hosts: Vec::new(),
-                path_prefix: None,
-                limits: limits(&args.limits),
-                max_concurrency: args.max_concurrency,
-                venv: args.venv.clone(),
-            }],
-        },
+        (None, Some(handler)) => ServeConfig::single(TenantConfig {
+            module: args.module.clone(),
+            limits: limits(&args.limits),
+            max_concurrency: args.max_concurrency,
+            venv: args.venv.clone(),
+            ..TenantConfig::new("default", handler)
+        }),
         (None, None) => return Err(Failure::Usage("give a HANDLER or --config FILE".into())),
     };
     config.listen = args.listen.unwrap_or(config.listen);

@@ -6,7 +6,7 @@
 
 use std::io::{IsTerminal, Write};
 
-pub use pycage::guest_text::escape_controls;
+pub use pycage::escape_controls;
 use pycage::{CapturedOutput, LoadEvent, Response};
 
 /// Prints load progress and diagnostics.

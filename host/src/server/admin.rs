@@ -9,8 +9,9 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::app::{App, HttpResponse, error_response};
+use super::app::{App, HttpResponse, error_response, to_http};
 use super::tenant::TenantStatus;
+use crate::http::Response;
 
 pub(crate) fn handle(app: &Arc<App>, request: &hyper::Request<Incoming>) -> HttpResponse {
     if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
@@ -63,11 +64,5 @@ pub(crate) fn handle(app: &Arc<App>, request: &hyper::Request<Incoming>) -> Http
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> HttpResponse {
-    let mut response = hyper::Response::new(Full::new(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    to_http(Response::json(status.as_u16(), &value))
 }

@@ -20,8 +20,8 @@ use super::tenants::{self, TenantRoutes};
 use crate::error::DispatchError;
 use crate::guest_text::escape_controls;
 use crate::http::{Request, Response};
+use crate::instance::Exchange;
 use crate::runtime::Runtime;
-use crate::sandbox::Exchange;
 
 pub(crate) type HttpResponse = hyper::Response<Full<Bytes>>;
 
@@ -51,7 +51,7 @@ impl App {
                     path = %raw_path, status = status.as_u16(), duration_ms = ms(started), "request");
                 self.metrics
                     .observe("-", status.as_u16(), started.elapsed().as_secs_f64(), None);
-                return with_request_id(error_response(status, message), &id);
+                return with_request_id(error_response(status, &message), &id);
             }
         };
         let (index, tenant_path) = target;
@@ -84,14 +84,14 @@ impl App {
     fn route(
         &self,
         request: &hyper::Request<Incoming>,
-    ) -> Result<(usize, String), (StatusCode, &'static str)> {
+    ) -> Result<(usize, String), (StatusCode, String)> {
         let host_headers: Vec<&[u8]> = request
             .headers()
             .get_all(HOST)
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        let bad = |e: tenants::BadTarget| (StatusCode::BAD_REQUEST, bad_target_message(&e));
+        let bad = |e: tenants::BadTarget| (StatusCode::BAD_REQUEST, e.to_string());
         let http11 = request.version() != Version::HTTP_10 && request.version() != Version::HTTP_09;
         let host = tenants::host_of(
             request.uri().authority().map(|a| a.as_str()),
@@ -100,10 +100,12 @@ impl App {
         )
         .map_err(bad)?;
         let path = tenants::normalize_path(request.uri().path()).map_err(bad)?;
-        let (index, tenant_path) = self
-            .routes
-            .select(host.as_deref(), &path)
-            .ok_or((StatusCode::NOT_FOUND, "no tenant serves this host and path"))?;
+        let (index, tenant_path) = self.routes.select(host.as_deref(), &path).ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                "no tenant serves this host and path".to_owned(),
+            )
+        })?;
         Ok((index, tenant_path.to_owned()))
     }
 
@@ -189,15 +191,6 @@ impl App {
     }
 }
 
-fn bad_target_message(error: &tenants::BadTarget) -> &'static str {
-    match error {
-        tenants::BadTarget::MissingHost => "the request has no Host header",
-        tenants::BadTarget::DuplicateHost => "the request has more than one Host header",
-        tenants::BadTarget::InvalidHost => "the Host header is not a valid host",
-        tenants::BadTarget::InvalidPath => "the request target is not a valid path",
-    }
-}
-
 fn ms(started: Instant) -> f64 {
     (started.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }
@@ -207,7 +200,9 @@ fn ms(started: Instant) -> f64 {
 fn log_exchange(tenant: &str, id: &str, exchange: &Exchange) {
     for (stream, output) in [("stdout", &exchange.stdout), ("stderr", &exchange.stderr)] {
         for line in String::from_utf8_lossy(&output.bytes).lines() {
-            info!(target: "pycage::guest", tenant, request_id = id, stream, "{}", escape_controls(line));
+            // The guest's text goes last, in a field of its own: it cannot
+            // pass for the fields before it.
+            info!(target: "pycage::guest", tenant, request_id = id, stream, line = %escape_controls(line), "guest output");
         }
         if output.truncated {
             warn!(target: "pycage::guest", tenant, request_id = id, stream, "guest output over the limit was dropped");
@@ -215,9 +210,9 @@ fn log_exchange(tenant: &str, id: &str, exchange: &Exchange) {
     }
     match &exchange.result {
         Err(DispatchError::HandlerException { message, traceback }) => {
-            warn!(target: "pycage::guest", tenant, request_id = id, error = %escape_controls(message), "handler raised");
+            warn!(target: "pycage::guest", tenant, request_id = id, error = %escape_controls(message.as_str()), "handler raised");
             for line in traceback.lines() {
-                info!(target: "pycage::guest", tenant, request_id = id, stream = "traceback", "{}", escape_controls(line));
+                info!(target: "pycage::guest", tenant, request_id = id, stream = "traceback", line = %escape_controls(line), "guest output");
             }
         }
         Err(DispatchError::NotFound | DispatchError::MethodNotAllowed { .. }) | Ok(_) => {}
@@ -240,19 +235,16 @@ pub(crate) fn to_http(response: Response) -> HttpResponse {
     }
     builder
         .body(Full::new(Bytes::from(response.body)))
-        .unwrap_or_else(|_| error_response(StatusCode::INTERNAL_SERVER_ERROR, "invalid response"))
+        .unwrap_or_else(|_| {
+            let mut fallback = hyper::Response::new(Full::new(Bytes::from_static(b"")));
+            *fallback.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        })
 }
 
 /// A small JSON error from the host itself.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> HttpResponse {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    to_http(Response::host_error(status.as_u16(), message))
 }
 
 fn with_request_id(mut response: HttpResponse, id: &str) -> HttpResponse {

@@ -40,7 +40,7 @@ mod running {
     use super::tenant::Tenant;
     use super::tenants::TenantRoutes;
     use super::{admin, listen};
-    use crate::cache::Cache;
+    use crate::build::cache::Cache;
     use crate::config::ServeConfig;
     use crate::runtime::{Runtime, RuntimeConfig};
 

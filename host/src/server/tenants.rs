@@ -32,6 +32,7 @@ pub struct TenantRoutes {
 
 /// Why a request cannot be routed at all (answered 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BadTarget {
     #[error("the request has no Host header")]
     MissingHost,
@@ -171,18 +172,20 @@ pub fn parse_host(value: &[u8]) -> Result<String, BadTarget> {
 }
 
 /// `raw` (a request's path, still percent-encoded) with its dot-segments
-/// removed (RFC 3986 §5.2.4), `%2E`/`%2e` and the other percent-encoded
-/// unreserved characters decoded first, so that `/shop/%2e%2e/x` is `/x`.
-/// Other escapes stay as they are, with upper-case hex.
+/// removed (RFC 3986 §5.2.4). Percent-encoded unreserved characters and
+/// slashes are decoded first, so that `/shop/%2e%2e/x` and `/shop/..%2Fx`
+/// are `/x`: the path is matched, and seen by the tenant, with every
+/// separator it has. Other escapes stay as they are, with upper-case hex.
 pub fn normalize_path(raw: &str) -> Result<String, BadTarget> {
     if !raw.starts_with('/') {
         return Err(BadTarget::InvalidPath);
     }
+    let decoded = decode_unreserved(raw)?;
     let mut segments: Vec<String> = Vec::new();
-    let parts: Vec<&str> = raw[1..].split('/').collect();
+    let parts: Vec<&str> = decoded[1..].split('/').collect();
     let last = parts.len() - 1;
     for (index, part) in parts.iter().enumerate() {
-        let segment = decode_unreserved(part)?;
+        let segment = (*part).to_owned();
         match segment.as_str() {
             "." | ".." => {
                 if segment == ".." {
@@ -200,8 +203,8 @@ pub fn normalize_path(raw: &str) -> Result<String, BadTarget> {
     Ok(format!("/{}", segments.join("/")))
 }
 
-/// Decode `%XX` escapes of unreserved characters (ALPHA, DIGIT, `-._~`);
-/// upper-case the hex of the others.
+/// Decode `%XX` escapes of unreserved characters (ALPHA, DIGIT, `-._~`)
+/// and of `/`; upper-case the hex of the others.
 fn decode_unreserved(segment: &str) -> Result<String, BadTarget> {
     let bytes = segment.as_bytes();
     let mut out = String::with_capacity(segment.len());
@@ -213,7 +216,7 @@ fn decode_unreserved(segment: &str) -> Result<String, BadTarget> {
                 .ok()
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or(BadTarget::InvalidPath)?;
-            if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~') {
+            if value.is_ascii_alphanumeric() || matches!(value, b'-' | b'.' | b'_' | b'~' | b'/') {
                 out.push(value as char);
             } else {
                 out.push_str(&format!("%{value:02X}"));
@@ -311,7 +314,10 @@ mod tests {
             ("/a//b", "/a//b"),
             ("/caf%c3%a9", "/caf%C3%A9"),
             ("/%7Euser/%41", "/~user/A"),
-            ("/a%2Fb", "/a%2Fb"),
+            ("/a%2Fb", "/a/b"),
+            ("/shop/..%2Fx", "/x"),
+            ("/shop%2F..%2Fadmin", "/admin"),
+            ("/a%252Fb", "/a%252Fb"),
         ] {
             assert_eq!(normalize_path(raw).unwrap(), normal, "{raw}");
         }
@@ -321,7 +327,12 @@ mod tests {
         let mut routes = TenantRoutes::default();
         routes.add(0, &[], None);
         routes.add(1, &[], Some("/shop"));
-        for raw in ["/shop/../x", "/shop/%2e%2e/x", "/shop/%2E%2E/admin"] {
+        for raw in [
+            "/shop/../x",
+            "/shop/%2e%2e/x",
+            "/shop/%2E%2E/admin",
+            "/shop/..%2fadmin",
+        ] {
             let path = normalize_path(raw).unwrap();
             assert_eq!(routes.select(None, &path).map(|r| r.0), Some(0), "{raw}");
         }

@@ -1,0 +1,75 @@
+"""The WIT exports at request time: `Handler.routes` and `Handler.dispatch`.
+
+No exception may escape an export (it would abort the instance), so every
+path below ends in a WIT value.
+"""
+
+from componentize_py_types import Err
+from wit_world import exports
+from wit_world.exports import handler as wit
+
+from pycage import _router
+from pycage._convert import to_wire
+from pycage._http import Headers, HTTPError, Request
+
+from .load import describe, format_traceback
+
+# The route table as the host receives it, set once the handler is loaded.
+ROUTES = []
+
+
+def _exception_error(exc):
+    return Err(wit.DispatchError_HandlerException(
+        wit.ExceptionInfo(message=describe(exc), traceback=format_traceback(exc))
+    ))
+
+
+def call(request):
+    headers = Headers((h.name, bytes(h.value).decode("latin-1")) for h in request.headers)
+    req = Request(request.method, request.path, request.query, headers, request.body)
+    try:
+        route, params = _router.match(request.method, request.path)
+    except _router.NotFound:
+        raise Err(wit.DispatchError_NotFound())
+    except _router.MethodNotAllowed as exc:
+        raise Err(wit.DispatchError_MethodNotAllowed(list(exc.allowed)))
+    req.path_params = params
+    try:
+        result = route.func(req, **params) if route.wants_request else route.func(**params)
+    except HTTPError as exc:
+        result = exc.to_response()
+    return response(request.method, result)
+
+
+def response(method, result):
+    status, response_headers, body = to_wire(result)
+    if method == "HEAD":
+        body = b""
+    return wit.Response(
+        status=status,
+        headers=[wit.Header(name=name, value=value) for name, value in response_headers],
+        body=body,
+    )
+
+
+def wit_routes(routes):
+    return [wit.Route(pattern=r.pattern, methods=list(r.methods), handler=r.name) for r in routes]
+
+
+class Handler(exports.Handler):
+    def routes(self):
+        return ROUTES
+
+    def dispatch(self, request):
+        try:
+            return call(request)
+        except Err:
+            raise
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt included
+            try:
+                error = _exception_error(exc)
+            except BaseException:
+                error = Err(wit.DispatchError_HandlerException(
+                    wit.ExceptionInfo(message="exception while reporting an exception", traceback="")
+                ))
+            raise error

@@ -1,0 +1,47 @@
+"""Running the request path at build time, so that the snapshot holds it
+warmed: caches filled on first use (ABC subclass checks behind isinstance,
+parsed query strings, the JSON encoder) and bytecode the adaptive
+interpreter has specialised, instead of every request's fresh instance
+doing it again.
+"""
+
+from componentize_py_types import Err
+from wit_world.exports import handler as wit
+
+from pycage._http import Headers, HTTPError, Request
+
+from . import exports
+
+# Enough runs for CPython's adaptive interpreter to specialise the request
+# path's bytecode, so that the snapshot holds it specialised (specialising
+# rewrites the bytecode: done per request, it writes the code's pages).
+RUNS = 20
+
+# No route can be registered for this method (methods are upper case), so
+# warming the dispatch path never runs handler code.
+_WARM_METHOD = "pycage-warm-up"
+
+
+def _once(handler):
+    request = wit.Request(
+        method=_WARM_METHOD,
+        path="/",
+        query="a=1&b=2",
+        headers=[wit.Header(name="content-type", value=b"application/json")],
+        body=b"{}",
+    )
+    try:
+        handler.dispatch(request)
+    except Err:
+        pass
+    headers = Headers([("content-type", "application/json")])
+    req = Request("GET", "/", "a=1&b=2", headers, b"{}")
+    _ = req.query, req.text, req.json(), req.content_type
+    for value in ({"k": [1]}, ["x"], "text", b"bytes", None, ({}, 201), HTTPError(404).to_response()):
+        exports.response("GET", value)
+    exports.response("HEAD", "text")
+
+
+def warm():
+    for _ in range(RUNS):
+        _once(exports.Handler())
