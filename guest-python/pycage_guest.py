@@ -11,15 +11,19 @@ module runs them in order and names the export class componentize-py looks
 for.
 """
 
+from pycage import _capabilities
 from pycage._glue import exports, load, snapshot, warm
 from pycage._glue.exports import Handler
 
 __all__ = ["Handler"]
 
 # Build time, in this order: the seed wrapper before anything imports
-# random's functions, the handler, the warm-up, then the snapshot's objects
-# (last: everything above allocates).
+# random's functions, the handler (with the capabilities refused: nothing
+# external may enter the snapshot), the warm-up, then the snapshot's
+# objects (last: everything above allocates). Every request's instance
+# starts with the capabilities available.
 snapshot.install_fresh_seed()
 exports.ROUTES = exports.wit_routes(load.load())
 warm.warm()
+_capabilities.enable()
 _SNAPSHOT = snapshot.prepare()

@@ -3,14 +3,15 @@
 //! Every error names the file, the tenant (when there is one) and the key,
 //! so an operator can fix a config without guessing.
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::limits::{BuildLimits, Limits, parse_duration};
+use crate::grants::{self, AllowedHost, VariableSource, VariableSpec};
+use crate::limits::{BuildLimits, KvLimits, Limits, OutboundLimits, parse_duration};
 
 /// Defaults of the `[server]` table.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -39,7 +40,26 @@ pub struct ServeConfig {
     /// `build_disk_mib` in `[server]`).
     pub build_limits: BuildLimits,
     pub cache_dir: Option<PathBuf>,
+    /// Where key-value stores keep their data (`server.data_dir`); default:
+    /// as for the CLI (`PYCAGE_DATA_DIR`, ...).
+    pub data_dir: Option<PathBuf>,
+    /// The stores tenants may be granted, by name (`[key_value_store.NAME]`);
+    /// `default` is SQLite unless defined otherwise.
+    pub key_value_stores: BTreeMap<String, StoreConfig>,
+    /// Names outbound requests resolve to these addresses instead of DNS
+    /// (`[outbound] resolve`), like curl's `--resolve`.
+    pub outbound_resolve: BTreeMap<String, IpAddr>,
     pub tenants: Vec<TenantConfig>,
+}
+
+/// Where one named key-value store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// One SQLite database per tenant under the data directory (or `path`).
+    Sqlite { path: Option<PathBuf> },
+    /// A Redis server, shared by every pycage host that names it; each
+    /// tenant's keys live apart from every other's.
+    Redis { url: String },
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +77,12 @@ pub struct TenantConfig {
     /// A virtualenv whose packages this tenant may import (resolved against
     /// the config file's directory). Chosen by the operator, like `handler`.
     pub venv: Option<PathBuf>,
+    /// Key-value stores this tenant may open (names of `key_value_stores`).
+    pub key_value_stores: Vec<String>,
+    /// Where its outbound requests may go; empty: nowhere.
+    pub allowed_outbound_hosts: Vec<AllowedHost>,
+    /// Its variables, plain and secret.
+    pub variables: Vec<VariableSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +113,40 @@ struct RawConfig {
     #[serde(default)]
     defaults: RawLimits,
     #[serde(default)]
+    key_value_store: BTreeMap<String, RawStore>,
+    #[serde(default)]
+    outbound: RawOutbound,
+    #[serde(default)]
     tenant: Vec<RawTenant>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    #[serde(rename = "type")]
+    kind: String,
+    url: Option<String>,
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbound {
+    #[serde(default)]
+    resolve: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawVariable {
+    Plain(String),
+    Spec {
+        value: Option<String>,
+        from_env: Option<String>,
+        from_file: Option<PathBuf>,
+        #[serde(default)]
+        secret: bool,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -104,6 +163,7 @@ struct RawServer {
     build_memory_mib: Option<u64>,
     build_disk_mib: Option<u64>,
     cache_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -115,6 +175,13 @@ struct RawLimits {
     max_response_body: Option<usize>,
     max_output: Option<usize>,
     max_concurrency: Option<u32>,
+    kv_max_key_bytes: Option<usize>,
+    kv_max_value_bytes: Option<usize>,
+    kv_max_keys: Option<u64>,
+    kv_max_total_bytes: Option<u64>,
+    kv_max_ops: Option<u32>,
+    outbound_max_requests: Option<u32>,
+    outbound_max_response_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +196,12 @@ struct RawTenant {
     venv: Option<PathBuf>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    key_value_stores: Vec<String>,
+    #[serde(default)]
+    allowed_outbound_hosts: Vec<String>,
+    #[serde(default)]
+    variables: BTreeMap<String, RawVariable>,
 }
 
 impl ServeConfig {
@@ -150,6 +223,8 @@ impl ServeConfig {
         })?;
         let check = Check { path, base };
         let mut config = check.server(&raw.server)?;
+        config.key_value_stores = check.stores(&raw.key_value_store)?;
+        config.outbound_resolve = check.resolve(&raw.outbound)?;
         let defaults = check.limits(&raw.defaults, &Limits::default(), None, "defaults")?;
         if raw.tenant.is_empty() {
             return Err(check.invalid(None, "tenant", "at least one [[tenant]] is required"));
@@ -158,6 +233,17 @@ impl ServeConfig {
         let mut routes = HashSet::new();
         for raw_tenant in &raw.tenant {
             let tenant = check.tenant(raw_tenant, &defaults, raw.defaults.max_concurrency)?;
+            for store in &tenant.key_value_stores {
+                if !config.key_value_stores.contains_key(store) {
+                    return Err(check.invalid(
+                        Some(&tenant.name),
+                        "key_value_stores",
+                        format!(
+                            "store `{store}` is not defined: add a [key_value_store.{store}] table"
+                        ),
+                    ));
+                }
+            }
             if !names.insert(tenant.name.clone()) {
                 return Err(check.invalid(
                     Some(&tenant.name),
@@ -184,6 +270,9 @@ impl ServeConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             build_limits: BuildLimits::default(),
             cache_dir: None,
+            data_dir: None,
+            key_value_stores: default_stores(),
+            outbound_resolve: BTreeMap::new(),
             tenants: vec![tenant],
         }
     }
@@ -211,8 +300,19 @@ impl TenantConfig {
             limits: Limits::default(),
             max_concurrency: None,
             venv: None,
+            key_value_stores: Vec::new(),
+            allowed_outbound_hosts: Vec::new(),
+            variables: Vec::new(),
         }
     }
+}
+
+/// The stores every config has unless it says otherwise: `default`, SQLite.
+pub fn default_stores() -> BTreeMap<String, StoreConfig> {
+    BTreeMap::from([(
+        grants::DEFAULT_STORE.to_owned(),
+        StoreConfig::Sqlite { path: None },
+    )])
 }
 
 /// Validation of one file: every error names the file, the tenant and the key.
@@ -347,8 +447,139 @@ impl Check<'_> {
                 )?,
             },
             cache_dir: server.cache_dir.as_ref().map(|dir| self.base.join(dir)),
+            data_dir: server.data_dir.as_ref().map(|dir| self.base.join(dir)),
+            key_value_stores: BTreeMap::new(),
+            outbound_resolve: BTreeMap::new(),
             tenants: Vec::new(),
         })
+    }
+
+    /// The `[key_value_store.NAME]` tables, with `default` added if absent.
+    fn stores(
+        &self,
+        raw: &BTreeMap<String, RawStore>,
+    ) -> Result<BTreeMap<String, StoreConfig>, ConfigError> {
+        let mut stores = default_stores();
+        for (name, store) in raw {
+            let key = format!("key_value_store.{name}");
+            if !grants::valid_name(name) {
+                return Err(self.invalid(
+                    None,
+                    &key,
+                    "a store name is 1-64 of a-z, 0-9, '_', '-', starting with a letter",
+                ));
+            }
+            let config = match store.kind.as_str() {
+                "sqlite" => {
+                    if store.url.is_some() {
+                        return Err(self.invalid(
+                            None,
+                            &format!("{key}.url"),
+                            "a sqlite store has no url (use path)",
+                        ));
+                    }
+                    StoreConfig::Sqlite {
+                        path: store.path.as_ref().map(|p| self.base.join(p)),
+                    }
+                }
+                "redis" => {
+                    let url = store.url.clone().ok_or_else(|| {
+                        self.invalid(
+                            None,
+                            &format!("{key}.url"),
+                            "a redis store needs url = \"redis://host:port/db\"",
+                        )
+                    })?;
+                    if !(url.starts_with("redis://")
+                        || url.starts_with("rediss://")
+                        || url.starts_with("redis+unix://"))
+                    {
+                        return Err(self.invalid(
+                            None,
+                            &format!("{key}.url"),
+                            format!("`{url}` is not a redis:// URL"),
+                        ));
+                    }
+                    if store.path.is_some() {
+                        return Err(self.invalid(
+                            None,
+                            &format!("{key}.path"),
+                            "a redis store has no path",
+                        ));
+                    }
+                    StoreConfig::Redis { url }
+                }
+                other => {
+                    return Err(self.invalid(
+                        None,
+                        &format!("{key}.type"),
+                        format!("`{other}` is not sqlite or redis"),
+                    ));
+                }
+            };
+            stores.insert(name.clone(), config);
+        }
+        Ok(stores)
+    }
+
+    fn resolve(&self, raw: &RawOutbound) -> Result<BTreeMap<String, IpAddr>, ConfigError> {
+        raw.resolve
+            .iter()
+            .map(|(name, address)| {
+                let key = format!("outbound.resolve.{name}");
+                let ip = address.parse::<IpAddr>().map_err(|_| {
+                    self.invalid(None, &key, format!("`{address}` is not an IP address"))
+                })?;
+                Ok((name.trim_end_matches('.').to_ascii_lowercase(), ip))
+            })
+            .collect()
+    }
+
+    fn variables(
+        &self,
+        tenant: &str,
+        raw: &BTreeMap<String, RawVariable>,
+    ) -> Result<Vec<VariableSpec>, ConfigError> {
+        let mut specs = Vec::new();
+        for (name, variable) in raw {
+            let key = format!("variables.{name}");
+            if !grants::valid_variable_name(name) {
+                return Err(self.invalid(
+                    Some(tenant),
+                    &key,
+                    "a variable name is 1-64 of a-z, 0-9 and '_', starting with a letter",
+                ));
+            }
+            let (source, secret) = match variable {
+                RawVariable::Plain(value) => (VariableSource::Value(value.clone()), false),
+                RawVariable::Spec {
+                    value,
+                    from_env,
+                    from_file,
+                    secret,
+                } => {
+                    let source = match (value, from_env, from_file) {
+                        (Some(value), None, None) => VariableSource::Value(value.clone()),
+                        (None, Some(env), None) => VariableSource::Env(env.clone()),
+                        (None, None, Some(file)) => VariableSource::File(self.base.join(file)),
+                        _ => {
+                            return Err(self.invalid(
+                                Some(tenant),
+                                &key,
+                                "give exactly one of value, from_env and from_file",
+                            ));
+                        }
+                    };
+                    (source, *secret)
+                }
+            };
+            specs.push(VariableSpec {
+                name: name.clone(),
+                source,
+                secret,
+            });
+        }
+        Ok(specs)
     }
 
     /// One `[[tenant]]`; unset limits fall back to `[defaults]`.
@@ -359,12 +590,7 @@ impl Check<'_> {
         default_concurrency: Option<u32>,
     ) -> Result<TenantConfig, ConfigError> {
         let name = t.name.as_str();
-        let valid_name = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if !valid_name {
+        if !grants::valid_tenant(name) {
             return Err(self.invalid(
                 Some(name),
                 "name",
@@ -426,6 +652,24 @@ impl Check<'_> {
         if max_concurrency == Some(0) {
             return Err(self.invalid(Some(name), "limits.max_concurrency", "must be at least 1"));
         }
+        for store in &t.key_value_stores {
+            if !grants::valid_name(store) {
+                return Err(self.invalid(
+                    Some(name),
+                    "key_value_stores",
+                    format!("`{store}` is not a store name"),
+                ));
+            }
+        }
+        let allowed_outbound_hosts = t
+            .allowed_outbound_hosts
+            .iter()
+            .map(|entry| {
+                AllowedHost::parse(entry)
+                    .map_err(|e| self.invalid(Some(name), "allowed_outbound_hosts", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let variables = self.variables(name, &t.variables)?;
         Ok(TenantConfig {
             name: name.to_owned(),
             handler,
@@ -435,6 +679,9 @@ impl Check<'_> {
             limits,
             max_concurrency,
             venv,
+            key_value_stores: t.key_value_stores.clone(),
+            allowed_outbound_hosts,
+            variables,
         })
     }
 
@@ -503,6 +750,31 @@ impl Check<'_> {
                 defaults.max_response_body,
             )?,
             max_output_bytes: positive("max_output", raw.max_output, defaults.max_output_bytes)?,
+            kv: KvLimits {
+                max_key_bytes: positive(
+                    "kv_max_key_bytes",
+                    raw.kv_max_key_bytes,
+                    defaults.kv.max_key_bytes,
+                )?,
+                max_value_bytes: positive(
+                    "kv_max_value_bytes",
+                    raw.kv_max_value_bytes,
+                    defaults.kv.max_value_bytes,
+                )?,
+                max_keys: raw.kv_max_keys.unwrap_or(defaults.kv.max_keys),
+                max_total_bytes: raw
+                    .kv_max_total_bytes
+                    .unwrap_or(defaults.kv.max_total_bytes),
+                max_ops: raw.kv_max_ops.unwrap_or(defaults.kv.max_ops),
+            },
+            outbound: OutboundLimits {
+                max_requests: raw
+                    .outbound_max_requests
+                    .unwrap_or(defaults.outbound.max_requests),
+                max_response_bytes: raw
+                    .outbound_max_response_bytes
+                    .unwrap_or(defaults.outbound.max_response_bytes),
+            },
         })
     }
 }

@@ -123,6 +123,11 @@ pub enum LoadError {
         maximum: u64,
     },
 
+    /// A capability grant could not be made: a store that cannot be
+    /// opened, a variable whose source is missing, a bad name.
+    #[error("granting {what}: {}", text(reason))]
+    Grant { what: &'static str, reason: String },
+
     #[error("{}: {}", shown(path), text(message))]
     Pyproject { path: PathBuf, message: String },
 
@@ -262,6 +267,28 @@ pub enum DispatchError {
 }
 
 impl DispatchError {
+    /// Apply `f` to every text in the error that came from the guest.
+    pub(crate) fn texts_mut(&mut self, mut f: impl FnMut(&mut String)) {
+        match self {
+            DispatchError::MethodNotAllowed { allowed } => allowed.iter_mut().for_each(f),
+            DispatchError::HandlerException { message, traceback } => {
+                f(message);
+                f(traceback);
+            }
+            DispatchError::InvalidResponse(text)
+            | DispatchError::Trap(text)
+            | DispatchError::Instantiate(text) => f(text),
+            DispatchError::NotFound
+            | DispatchError::Timeout(_)
+            | DispatchError::MemoryLimit { .. }
+            | DispatchError::RequestTooLarge { .. }
+            | DispatchError::ResponseTooLarge { .. }
+            | DispatchError::StackOverflow
+            | DispatchError::Exited(_)
+            | DispatchError::Overloaded { .. } => {}
+        }
+    }
+
     /// Which limit stopped the request, if one did (for logs and metrics).
     pub fn limit(&self) -> Option<&'static str> {
         match self {

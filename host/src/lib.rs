@@ -46,6 +46,7 @@ pub mod config;
 #[cfg(feature = "runtime")]
 mod contract;
 pub mod error;
+pub mod grants;
 mod guest_text;
 pub mod http;
 #[cfg(feature = "runtime")]
@@ -60,6 +61,10 @@ pub use build::cache::Cache;
 #[cfg(feature = "runtime")]
 pub use build::{BuildIsolation, LoadEvent};
 #[cfg(feature = "runtime")]
+pub use capabilities::CapabilityUsage;
+pub use capabilities::keyvalue::KvUsage;
+pub use capabilities::outbound::OutboundUsage;
+#[cfg(feature = "runtime")]
 pub use capabilities::output::CapturedOutput;
 #[cfg(feature = "runtime")]
 pub use contract::GUEST_PYTHON_VERSION;
@@ -72,8 +77,9 @@ pub use instance::memory::ResetStats;
 #[cfg(feature = "runtime")]
 pub use instance::{Exchange, Timings};
 pub use limits::{BuildLimits, Limits};
-#[cfg(feature = "runtime")]
-pub use runtime::{Handler, LoadOptions, RouteInfo, Runtime, RuntimeConfig, Teardown};
+pub use runtime::{
+    Handler, LoadOptions, RouteInfo, Runtime, RuntimeConfig, Teardown, default_data_dir,
+};
 
 /// The argument that makes the `pycage` binary a build worker, and the
 /// worker's entry point: a binary that is to serve as

@@ -18,6 +18,58 @@ pub struct Limits {
     /// Captured bytes per output stream (stdout, stderr) per request; the
     /// rest is dropped and flagged. Default 64 KiB.
     pub max_output_bytes: usize,
+    /// Key-value quotas (per tenant and store, and per request).
+    pub kv: KvLimits,
+    /// Outbound HTTP bounds (per request).
+    pub outbound: OutboundLimits,
+}
+
+/// Quotas on a tenant's key-value stores. Exceeding one is an exception in
+/// the guest (`KeyValueError`) and a counted limit hit, never a failure of
+/// the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Longest key, in bytes. Default 1 KiB.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes. Default 1 MiB.
+    pub max_value_bytes: usize,
+    /// Most keys in one store. Default 100,000.
+    pub max_keys: u64,
+    /// Most bytes (keys and values) in one store. Default 256 MiB.
+    pub max_total_bytes: u64,
+    /// Most operations one request may make, over all its stores. Default 1,000.
+    pub max_ops: u32,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 1 << 10,
+            max_value_bytes: 1 << 20,
+            max_keys: 100_000,
+            max_total_bytes: 256 << 20,
+            max_ops: 1000,
+        }
+    }
+}
+
+/// Bounds on one request's outbound HTTP. The request's own timeout bounds
+/// every outbound call's time as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundLimits {
+    /// Most outbound requests (redirects included). Default 16.
+    pub max_requests: u32,
+    /// Most response bytes, over all of them. Default 10 MiB.
+    pub max_response_bytes: u64,
+}
+
+impl Default for OutboundLimits {
+    fn default() -> Self {
+        Self {
+            max_requests: 16,
+            max_response_bytes: 10 << 20,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -28,6 +80,8 @@ impl Default for Limits {
             max_request_body: 10 << 20,
             max_response_body: 10 << 20,
             max_output_bytes: 64 << 10,
+            kv: KvLimits::default(),
+            outbound: OutboundLimits::default(),
         }
     }
 }

@@ -7,6 +7,23 @@ use std::path::{Path, PathBuf};
 /// The world in `wit/handler.wit` that images implement.
 const WORLD: &str = "sandbox";
 
+/// The Python module each imported interface is bound as, under
+/// `wit_world.imports` (what `guest-python/pycage` imports). Named here
+/// because componentize-py's own names depend on which other interfaces
+/// share a short name (`store`, `types`), which would change the module
+/// names whenever an import is added.
+const IMPORT_MODULES: &[(&str, &str)] = &[
+    ("wasi:keyvalue/store@0.2.0-draft2", "kv_store"),
+    ("wasi:keyvalue/atomics@0.2.0-draft2", "kv_atomics"),
+    ("wasi:config/store@0.2.0-draft-2024-09-27", "config_store"),
+    ("wasi:http/types@0.2.0", "http_types"),
+    ("wasi:http/outgoing-handler@0.2.0", "outgoing_handler"),
+    ("wasi:io/streams@0.2.0", "io_streams"),
+    ("wasi:io/poll@0.2.0", "io_poll"),
+    ("wasi:io/error@0.2.0", "io_error"),
+    ("wasi:clocks/monotonic-clock@0.2.0", "monotonic_clock"),
+];
+
 /// Run componentize-py on the calling thread (its future is `!Send`, so it
 /// gets a current-thread runtime of its own). The error text may hold what
 /// the guest printed.
@@ -22,6 +39,7 @@ pub(crate) fn run(
         .collect();
     let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
     let empty = HashMap::new();
+    let imports: HashMap<&str, &str> = IMPORT_MODULES.iter().copied().collect();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -40,7 +58,7 @@ pub(crate) fn run(
                     output_path: output,
                     add_to_linker: None,
                     stub_wasi: false,
-                    import_interface_names: &empty,
+                    import_interface_names: &imports,
                     export_interface_names: &empty,
                     full_names: false,
                     intersect_world: None,

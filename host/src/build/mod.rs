@@ -272,8 +272,7 @@ fn write_inputs<'a>(
     let layer_mounts: Vec<String> = (0..layers.len()).map(mounts::layer).collect();
     framework::write_framework(&framework_dir, &source.entry_module, &layer_mounts)
         .map_err(io(&framework_dir))?;
-    cache::private::write_file(&wit_dir.join("handler.wit"), wit::WIT_SOURCE.as_bytes())
-        .map_err(io(&wit_dir))?;
+    wit::write_to(&wit_dir).map_err(io(&wit_dir))?;
     snapshot.write_to(&app).map_err(io(&app))?;
     std::fs::create_dir_all(&app).map_err(io(&app))?;
     // The framework comes first (mounted at /0) so a handler file cannot

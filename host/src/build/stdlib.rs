@@ -39,7 +39,7 @@ pub(crate) fn ensure(
         framework::STDLIB_EXPORTER,
     )
     .map_err(|e| io(&exporter, e))?;
-    std::fs::write(wit_dir.join("handler.wit"), wit::WIT_SOURCE).map_err(|e| io(&wit_dir, e))?;
+    wit::write_to(&wit_dir).map_err(|e| io(&wit_dir, e))?;
     // The exporter writes to /0 while being imported; the component
     // componentize-py then makes is of no use and is discarded.
     let job = Job {

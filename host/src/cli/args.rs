@@ -119,6 +119,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub grants: GrantArgs,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +172,50 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub grants: GrantArgs,
+}
+
+/// Capabilities for a handler run from the command line; with `serve
+/// --config` they come from the file instead. Nothing is granted by default.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Capabilities (none by default)")]
+pub struct GrantArgs {
+    /// Grant the key-value store NAME (repeatable). `--kv default` is a SQLite database under
+    /// the data directory; `--kv NAME=redis://HOST:PORT/DB` defines NAME on a Redis server
+    #[arg(long = "kv", value_name = "NAME[=redis://...]")]
+    pub kv: Vec<String>,
+
+    /// Allow outbound HTTP requests to URL's scheme, host and port (repeatable), as Spin writes
+    /// them: https://api.example.com, https://*.example.com, http://127.0.0.1:8089,
+    /// http://localhost:* [default: no outbound requests]
+    #[arg(long = "allow-outbound", value_name = "URL")]
+    pub allow_outbound: Vec<String>,
+
+    /// Resolve NAME to ADDRESS for outbound requests instead of using DNS, like curl's --resolve
+    /// (repeatable)
+    #[arg(long = "resolve", value_name = "NAME=ADDRESS")]
+    pub resolve: Vec<String>,
+
+    /// A variable the handler reads with pycage.config.get(NAME) (repeatable)
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+
+    /// A secret variable whose value is the host's environment variable ENV; it is redacted
+    /// from everything pycage prints (repeatable)
+    #[arg(long = "secret", value_name = "NAME=ENV")]
+    pub secrets: Vec<String>,
+
+    /// Whose key-value data the stores hold: handlers run with the same tenant name share it
+    /// [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub tenant: Option<String>,
+
+    /// Where SQLite key-value stores keep their data
+    /// [default: $XDG_DATA_HOME/pycage or ~/.local/share/pycage]
+    #[arg(long, env = "PYCAGE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Per-request limits; each unset flag keeps `pycage::Limits::default()`.
@@ -208,6 +255,7 @@ impl LimitArgs {
             max_request_body: self.max_request_body.unwrap_or(defaults.max_request_body),
             max_response_body: self.max_response_body.unwrap_or(defaults.max_response_body),
             max_output_bytes: self.max_output.unwrap_or(defaults.max_output_bytes),
+            ..defaults
         }
     }
 }

@@ -14,8 +14,9 @@ use pycage::{
 };
 use tracing::info;
 
-use super::args::{Cli, Command, HandlerArgs, LimitArgs, RunArgs, ServeArgs};
+use super::args::{Cli, Command, GrantArgs, HandlerArgs, LimitArgs, RunArgs, ServeArgs};
 use super::display::{self, Reporter};
+use super::grants::FlagGrants;
 
 /// A failure that ends the command, with the exit status it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -98,17 +99,28 @@ fn load(
     reporter: &Reporter,
     args: &HandlerArgs,
     limits: Limits,
+    grants: &GrantArgs,
 ) -> Result<Handler, Failure> {
+    let grants = FlagGrants::parse(grants).map_err(Failure::Usage)?;
     let mut config = RuntimeConfig::new(common.cache(None)?);
     config.build_limits = common.build_limits(BuildLimits::default());
     config.max_instances = CLI_INSTANCES;
     config.max_memory_bytes = limits.memory_bytes;
+    if grants.data_dir.is_some() {
+        config.data_dir = grants.data_dir.clone();
+    }
+    config.key_value_stores.extend(grants.stores);
+    config.outbound_resolve = grants.resolve;
     let runtime = Runtime::with_config(config).map_err(Failure::Runtime)?;
     let options = LoadOptions {
         module: args.module.clone(),
         limits,
         max_concurrency: None,
         venv: args.venv.clone(),
+        tenant: grants.tenant,
+        key_value_stores: grants.granted,
+        allowed_outbound_hosts: grants.allowed_outbound_hosts,
+        variables: grants.variables,
     };
     Ok(runtime.load(&args.handler, &options, &|event| reporter.event(event))?)
 }
@@ -162,7 +174,13 @@ fn request(args: &RunArgs) -> Result<Request, Failure> {
 
 fn run(common: &Common, reporter: &Reporter, args: RunArgs) -> Result<ExitCode, Failure> {
     let request = request(&args)?;
-    let handler = load(common, reporter, &args.handler, limits(&args.limits))?;
+    let handler = load(
+        common,
+        reporter,
+        &args.handler,
+        limits(&args.limits),
+        &args.grants,
+    )?;
     let mut worst = 0u16;
     block_on(async {
         for _ in 0..args.repeat {
@@ -206,7 +224,13 @@ fn report_dispatch_error(error: &DispatchError) {
 }
 
 fn routes(common: &Common, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCode, Failure> {
-    let handler = load(common, reporter, &args, Limits::default())?;
+    let handler = load(
+        common,
+        reporter,
+        &args,
+        Limits::default(),
+        &GrantArgs::default(),
+    )?;
     let routes = block_on(handler.routes())?.map_err(|e| Failure::Runtime(e.into()))?;
     // Every field is the guest's: escaped before it reaches the terminal.
     let rows: Vec<[String; 3]> = routes
@@ -232,7 +256,13 @@ fn routes(common: &Common, reporter: &Reporter, args: HandlerArgs) -> Result<Exi
 }
 
 fn build(common: &Common, reporter: &Reporter, args: HandlerArgs) -> Result<ExitCode, Failure> {
-    let handler = load(common, reporter, &args, Limits::default())?;
+    let handler = load(
+        common,
+        reporter,
+        &args,
+        Limits::default(),
+        &GrantArgs::default(),
+    )?;
     let state = if handler.cache_hit() {
         "already cached"
     } else {
@@ -254,14 +284,37 @@ fn build(common: &Common, reporter: &Reporter, args: HandlerArgs) -> Result<Exit
 /// tenant built from the flags; command-line flags override the file.
 fn serve_config(args: &ServeArgs) -> Result<ServeConfig, Failure> {
     let mut config = match (&args.config, &args.handler) {
-        (Some(path), _) => ServeConfig::load(path).map_err(|e| Failure::Usage(e.to_string()))?,
-        (None, Some(handler)) => ServeConfig::single(TenantConfig {
-            module: args.module.clone(),
-            limits: limits(&args.limits),
-            max_concurrency: args.max_concurrency,
-            venv: args.venv.clone(),
-            ..TenantConfig::new("default", handler)
-        }),
+        (Some(path), _) => {
+            if FlagGrants::grants_anything(&args.grants) {
+                return Err(Failure::Usage(
+                    "with --config, capabilities are granted per tenant in the file \
+                     (key_value_stores, allowed_outbound_hosts, variables), not by flags"
+                        .into(),
+                ));
+            }
+            let mut config = ServeConfig::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
+            if config.data_dir.is_none() {
+                config.data_dir = args.grants.data_dir.clone();
+            }
+            config
+        }
+        (None, Some(handler)) => {
+            let grants = FlagGrants::parse(&args.grants).map_err(Failure::Usage)?;
+            let mut config = ServeConfig::single(TenantConfig {
+                module: args.module.clone(),
+                limits: limits(&args.limits),
+                max_concurrency: args.max_concurrency,
+                venv: args.venv.clone(),
+                key_value_stores: grants.granted,
+                allowed_outbound_hosts: grants.allowed_outbound_hosts,
+                variables: grants.variables,
+                ..TenantConfig::new(grants.tenant.as_deref().unwrap_or("default"), handler)
+            });
+            config.key_value_stores.extend(grants.stores);
+            config.outbound_resolve = grants.resolve;
+            config.data_dir = grants.data_dir;
+            config
+        }
         (None, None) => return Err(Failure::Usage("give a HANDLER or --config FILE".into())),
     };
     config.listen = args.listen.unwrap_or(config.listen);

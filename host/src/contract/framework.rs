@@ -27,6 +27,22 @@ pub(crate) const FRAMEWORK_FILES: &[(&str, &str)] = &[
         include_str!("../../../guest-python/pycage/_convert.py"),
     ),
     (
+        "pycage/_capabilities.py",
+        include_str!("../../../guest-python/pycage/_capabilities.py"),
+    ),
+    (
+        "pycage/_fetch.py",
+        include_str!("../../../guest-python/pycage/_fetch.py"),
+    ),
+    (
+        "pycage/kv.py",
+        include_str!("../../../guest-python/pycage/kv.py"),
+    ),
+    (
+        "pycage/config.py",
+        include_str!("../../../guest-python/pycage/config.py"),
+    ),
+    (
         "pycage/_glue/__init__.py",
         include_str!("../../../guest-python/pycage/_glue/__init__.py"),
     ),

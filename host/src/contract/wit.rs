@@ -3,19 +3,242 @@
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+// The host's view of the `sandbox` world, in two halves: what it calls (the
+// export), and the imports it implements itself (key-value, variables).
+// `wasi:http` comes from wasmtime-wasi-http and the rest of WASI from
+// wasmtime-wasi, each linked on its own (see `capabilities`).
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "sandbox",
+    inline: "
+        package pycage:host;
+        world exports {
+            export pycage:handler/handler@0.2.0;
+        }
+    ",
+    world: "pycage:host/exports",
     exports: { default: async },
 });
 
-pub use exports::pycage::handler::handler as types;
+mod imports {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        inline: "
+            package pycage:host-imports;
+            world imports {
+                import wasi:keyvalue/store@0.2.0-draft2;
+                import wasi:keyvalue/atomics@0.2.0-draft2;
+                import wasi:config/store@0.2.0-draft-2024-09-27;
+            }
+        ",
+        world: "pycage:host-imports/imports",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": super::BucketRep,
+            "wasi:keyvalue/atomics.cas": super::CasRep,
+        },
+        require_store_data_send: true,
+    });
+}
 
-/// The WIT text, fed to componentize-py and hashed into cache keys.
-pub(crate) const WIT_SOURCE: &str = include_str!("../../../wit/handler.wit");
+pub use exports::pycage::handler::handler as types;
+pub(crate) use imports::wasi::config::store as config_store;
+pub(crate) use imports::wasi::keyvalue::{atomics as kv_atomics, store as kv_store};
+/// The pre-linked component, ready to instantiate.
+pub(crate) type SandboxPre<T> = ExportsPre<T>;
+
+/// What a `wasi:keyvalue` bucket handle stands for: a store the instance
+/// opened (by its granted name).
+#[derive(Debug)]
+pub struct BucketRep {
+    pub store: String,
+}
+
+/// What a `wasi:keyvalue` CAS handle stands for: a key of a store and the
+/// value it held when the handle was made (the swap succeeds only if it
+/// still does).
+#[derive(Debug)]
+pub struct CasRep {
+    pub store: String,
+    pub key: String,
+    pub observed: Option<Vec<u8>>,
+}
+
+/// Every WIT file, by its path under `wit/`: written out for componentize-py
+/// and hashed into cache keys.
+pub(crate) const WIT_FILES: &[(&str, &str)] = &[
+    (
+        "deps/cli-0.2.0/command.wit",
+        include_str!("../../../wit/deps/cli-0.2.0/command.wit"),
+    ),
+    (
+        "deps/cli-0.2.0/environment.wit",
+        include_str!("../../../wit/deps/cli-0.2.0/environment.wit"),
+    ),
+    (
+        "deps/cli-0.2.0/exit.wit",
+        include_str!("../../../wit/deps/cli-0.2.0/exit.wit"),
+    ),
+    (
+        "deps/cli-0.2.0/imports.wit",
+        include_str!("../../../wit/deps/cli-0.2.0/imports.wit"),
+    ),
+    (
+        "deps/cli-0.2.0/run.wit",
+        include_str!("../../../wit/deps/cli-0.2.0/run.wit"),
+    ),
+    (
+        "deps/cli-0.2.0/stdio.wit",
+        include_str!("../../../wit/deps/cli-0.2.0/stdio.wit"),
+    ),
+    (
+        "deps/cli-0.2.0/terminal.wit",
+        include_str!("../../../wit/deps/cli-0.2.0/terminal.wit"),
+    ),
+    (
+        "deps/clocks-0.2.0/monotonic-clock.wit",
+        include_str!("../../../wit/deps/clocks-0.2.0/monotonic-clock.wit"),
+    ),
+    (
+        "deps/clocks-0.2.0/wall-clock.wit",
+        include_str!("../../../wit/deps/clocks-0.2.0/wall-clock.wit"),
+    ),
+    (
+        "deps/clocks-0.2.0/world.wit",
+        include_str!("../../../wit/deps/clocks-0.2.0/world.wit"),
+    ),
+    (
+        "deps/config-0.2.0-draft-2024-09-27/store.wit",
+        include_str!("../../../wit/deps/config-0.2.0-draft-2024-09-27/store.wit"),
+    ),
+    (
+        "deps/config-0.2.0-draft-2024-09-27/world.wit",
+        include_str!("../../../wit/deps/config-0.2.0-draft-2024-09-27/world.wit"),
+    ),
+    (
+        "deps/filesystem-0.2.0/preopens.wit",
+        include_str!("../../../wit/deps/filesystem-0.2.0/preopens.wit"),
+    ),
+    (
+        "deps/filesystem-0.2.0/types.wit",
+        include_str!("../../../wit/deps/filesystem-0.2.0/types.wit"),
+    ),
+    (
+        "deps/filesystem-0.2.0/world.wit",
+        include_str!("../../../wit/deps/filesystem-0.2.0/world.wit"),
+    ),
+    (
+        "deps/http-0.2.0/handler.wit",
+        include_str!("../../../wit/deps/http-0.2.0/handler.wit"),
+    ),
+    (
+        "deps/http-0.2.0/proxy.wit",
+        include_str!("../../../wit/deps/http-0.2.0/proxy.wit"),
+    ),
+    (
+        "deps/http-0.2.0/types.wit",
+        include_str!("../../../wit/deps/http-0.2.0/types.wit"),
+    ),
+    (
+        "deps/io-0.2.0/error.wit",
+        include_str!("../../../wit/deps/io-0.2.0/error.wit"),
+    ),
+    (
+        "deps/io-0.2.0/poll.wit",
+        include_str!("../../../wit/deps/io-0.2.0/poll.wit"),
+    ),
+    (
+        "deps/io-0.2.0/streams.wit",
+        include_str!("../../../wit/deps/io-0.2.0/streams.wit"),
+    ),
+    (
+        "deps/io-0.2.0/world.wit",
+        include_str!("../../../wit/deps/io-0.2.0/world.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft2/atomic.wit",
+        include_str!("../../../wit/deps/keyvalue-0.2.0-draft2/atomic.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft2/batch.wit",
+        include_str!("../../../wit/deps/keyvalue-0.2.0-draft2/batch.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft2/store.wit",
+        include_str!("../../../wit/deps/keyvalue-0.2.0-draft2/store.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft2/watch.wit",
+        include_str!("../../../wit/deps/keyvalue-0.2.0-draft2/watch.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft2/world.wit",
+        include_str!("../../../wit/deps/keyvalue-0.2.0-draft2/world.wit"),
+    ),
+    (
+        "deps/random-0.2.0/insecure-seed.wit",
+        include_str!("../../../wit/deps/random-0.2.0/insecure-seed.wit"),
+    ),
+    (
+        "deps/random-0.2.0/insecure.wit",
+        include_str!("../../../wit/deps/random-0.2.0/insecure.wit"),
+    ),
+    (
+        "deps/random-0.2.0/random.wit",
+        include_str!("../../../wit/deps/random-0.2.0/random.wit"),
+    ),
+    (
+        "deps/random-0.2.0/world.wit",
+        include_str!("../../../wit/deps/random-0.2.0/world.wit"),
+    ),
+    (
+        "deps/sockets-0.2.0/instance-network.wit",
+        include_str!("../../../wit/deps/sockets-0.2.0/instance-network.wit"),
+    ),
+    (
+        "deps/sockets-0.2.0/ip-name-lookup.wit",
+        include_str!("../../../wit/deps/sockets-0.2.0/ip-name-lookup.wit"),
+    ),
+    (
+        "deps/sockets-0.2.0/network.wit",
+        include_str!("../../../wit/deps/sockets-0.2.0/network.wit"),
+    ),
+    (
+        "deps/sockets-0.2.0/tcp-create-socket.wit",
+        include_str!("../../../wit/deps/sockets-0.2.0/tcp-create-socket.wit"),
+    ),
+    (
+        "deps/sockets-0.2.0/tcp.wit",
+        include_str!("../../../wit/deps/sockets-0.2.0/tcp.wit"),
+    ),
+    (
+        "deps/sockets-0.2.0/udp-create-socket.wit",
+        include_str!("../../../wit/deps/sockets-0.2.0/udp-create-socket.wit"),
+    ),
+    (
+        "deps/sockets-0.2.0/udp.wit",
+        include_str!("../../../wit/deps/sockets-0.2.0/udp.wit"),
+    ),
+    (
+        "deps/sockets-0.2.0/world.wit",
+        include_str!("../../../wit/deps/sockets-0.2.0/world.wit"),
+    ),
+    ("handler.wit", include_str!("../../../wit/handler.wit")),
+];
 /// The interface a handler component must export, at exactly this version.
 pub const WIT_INTERFACE: &str = "pycage:handler/handler";
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
+
+/// Write every WIT file below `dir`.
+pub(crate) fn write_to(dir: &std::path::Path) -> std::io::Result<()> {
+    for (relative, text) in WIT_FILES {
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
 
 /// `Ok` if `component` exports our interface at our version; otherwise the
 /// version(s) it does export (empty if none) for the error message.

@@ -18,10 +18,13 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::{WasiHttpCtxView, WasiHttpView};
 
 use crate::capabilities::files::FilesView;
+use crate::capabilities::keyvalue::KvView;
 use crate::capabilities::output::CapturedOutput;
-use crate::capabilities::{self, Grants, InstanceCaps};
+use crate::capabilities::variables::VariablesGrant;
+use crate::capabilities::{self, CapabilityUsage, Grants, InstanceCaps};
 use crate::contract::wit::{SandboxPre, types};
 use crate::error::DispatchError;
 use crate::http::{Request, Response};
@@ -48,6 +51,27 @@ impl StoreState {
             table: &mut self.table,
         }
     }
+
+    fn kv(&mut self) -> KvView<'_> {
+        KvView {
+            state: &mut self.caps.kv,
+            table: &mut self.table,
+        }
+    }
+
+    fn variables(&mut self) -> &VariablesGrant {
+        &self.caps.variables
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.caps.http,
+            table: &mut self.table,
+            hooks: &mut self.caps.outbound,
+        }
+    }
 }
 
 impl WasiView for StoreState {
@@ -61,7 +85,14 @@ impl WasiView for StoreState {
 
 /// Add every capability's host functions to a handler's linker.
 pub(crate) fn link(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
-    capabilities::link(linker, StoreState::files)
+    capabilities::link(
+        linker,
+        capabilities::Views {
+            files: StoreState::files,
+            kv: StoreState::kv,
+            variables: StoreState::variables,
+        },
+    )
 }
 
 /// A loaded handler's image, ready to be instantiated: the pre-linked
@@ -82,6 +113,8 @@ pub struct Exchange {
     pub elapsed: Duration,
     /// Where that time went, and the teardown after it.
     pub timings: Timings,
+    /// What the request did with its capabilities.
+    pub usage: CapabilityUsage,
 }
 
 /// The phases of one dispatch (zero for a phase that did not run).
@@ -107,6 +140,7 @@ impl Exchange {
             stderr: CapturedOutput::default(),
             elapsed: Duration::ZERO,
             timings: Timings::default(),
+            usage: CapabilityUsage::default(),
         }
     }
 
@@ -143,7 +177,7 @@ impl Prepared {
     /// A new Store for one instance, with its limits armed.
     fn store(&self, grants: &Grants) -> Store<StoreState> {
         let mut wasi = capabilities::deny_all();
-        let caps = grants.prepare(&mut wasi);
+        let caps = grants.prepare(&mut wasi, Instant::now() + self.limits.timeout);
         let state = StoreState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -202,13 +236,17 @@ impl Prepared {
             call: finished - instantiated,
             teardown: Duration::ZERO,
         };
-        let (stdout, stderr) = store.data().caps.stdio.take();
+        let (mut stdout, mut stderr) = store.data().caps.stdio.take();
+        let mut result = result;
+        self.grants
+            .redact(&mut stdout.bytes, &mut stderr.bytes, result.as_mut().err());
         let exchange = Exchange {
             result,
             stdout,
             stderr,
             elapsed: timings.instantiate + timings.call,
             timings,
+            usage: store.data().caps.usage(),
         };
         (exchange, Spent(store))
     }
@@ -227,14 +265,30 @@ impl Prepared {
         };
         let outcome = tokio::time::timeout(self.limits.timeout, call).await;
         let memory_hit = store.data().memory.hit();
-        outcome::classify(
+        let mut routes = outcome::classify(
             Ran {
                 instantiated,
                 outcome,
                 memory_hit,
             },
             &self.limits,
-        )
+        );
+        if self.grants.has_secrets() {
+            match &mut routes {
+                Ok(routes) => {
+                    for route in routes {
+                        self.grants.redact_text(&mut route.pattern);
+                        self.grants.redact_text(&mut route.handler);
+                        route
+                            .methods
+                            .iter_mut()
+                            .for_each(|m| self.grants.redact_text(m));
+                    }
+                }
+                Err(error) => error.texts_mut(|text| self.grants.redact_text(text)),
+            }
+        }
+        routes
     }
 
     /// For benchmarks only: instantiate once, then time `n` dispatches of

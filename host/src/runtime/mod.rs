@@ -10,6 +10,8 @@ mod admission;
 mod handler;
 mod ticker;
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +25,15 @@ use crate::build::stage::HandlerSource;
 use crate::build::{self, BuildIsolation, BuildSettings, LoadEvent};
 use crate::capabilities::Grants;
 use crate::capabilities::files::Preopens;
+use crate::capabilities::keyvalue::{Backends, KvGrant};
+use crate::capabilities::outbound::OutboundGrant;
 use crate::capabilities::stdio::StdioGrant;
+use crate::capabilities::variables::VariablesGrant;
+use crate::config::{StoreConfig, default_stores};
 use crate::contract::wit::SandboxPre;
 use crate::contract::{engine, mounts};
 use crate::error::LoadError;
+use crate::grants::{self, AllowedHost, VariableSpec};
 use crate::instance::memory::{IdleBudget, SlotMemories};
 use crate::instance::stacks::StackPool;
 use crate::instance::{self, Prepared};
@@ -65,6 +72,28 @@ pub struct RuntimeConfig {
     /// When a finished request's instance is torn down. Default: in the
     /// background, after the response is returned.
     pub teardown: Teardown,
+    /// Where SQLite key-value stores without a `path` keep their data
+    /// (under `kv/<tenant>/<store>.sqlite`). Default: [`default_data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// The key-value stores handlers may be granted, by name. Default: one,
+    /// `default`, on SQLite under `data_dir`.
+    pub key_value_stores: BTreeMap<String, StoreConfig>,
+    /// Names that outbound requests resolve to a fixed address instead of
+    /// through DNS (like curl's `--resolve`). Default: none.
+    pub outbound_resolve: BTreeMap<String, IpAddr>,
+}
+
+/// Where key-value data lives unless configured: `$PYCAGE_DATA_DIR`, else
+/// `$XDG_DATA_HOME/pycage`, else `~/.local/share/pycage`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let from = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from("PYCAGE_DATA_DIR")
+        .or_else(|| from("XDG_DATA_HOME").map(|d| d.join("pycage")))
+        .or_else(|| from("HOME").map(|d| d.join(".local/share/pycage")))
 }
 
 /// When a finished request's instance is torn down: its Store dropped and
@@ -94,6 +123,9 @@ impl RuntimeConfig {
             build_isolation: BuildIsolation::default(),
             build_limits: BuildLimits::default(),
             teardown: Teardown::default(),
+            data_dir: default_data_dir(),
+            key_value_stores: default_stores(),
+            outbound_resolve: BTreeMap::new(),
         }
     }
 }
@@ -108,6 +140,8 @@ pub struct Runtime {
     slots: Arc<Semaphore>,
     /// Stops the ticker thread when the runtime is dropped.
     ticker: EpochTicker,
+    /// Opens the key-value stores handlers are granted.
+    backends: Backends,
 }
 
 /// Options for [`Runtime::load`].
@@ -122,6 +156,18 @@ pub struct LoadOptions {
     /// A virtualenv (or site-packages directory) whose packages, and the
     /// directories its `.pth` files add, are copied in and importable.
     pub venv: Option<PathBuf>,
+    /// Whose data the key-value stores hold: handlers loaded with the same
+    /// tenant and store name share it, and no other handler can reach it.
+    /// A store name's rules apply (see [`grants::valid_name`]). Default:
+    /// `default`.
+    pub tenant: Option<String>,
+    /// Key-value stores the handler may open, by name (names of
+    /// [`RuntimeConfig::key_value_stores`]). Default: none.
+    pub key_value_stores: Vec<String>,
+    /// Where the handler's outbound HTTP requests may go. Default: nowhere.
+    pub allowed_outbound_hosts: Vec<AllowedHost>,
+    /// The handler's variables, plain and secret. Default: none.
+    pub variables: Vec<VariableSpec>,
 }
 
 /// The engine of one handler. Its linear memories come from `memories`
@@ -149,6 +195,7 @@ impl Runtime {
             stacks: StackPool::new(config.max_instances.max(1) as usize),
             idle_memories: IdleBudget::new(config.max_instances.max(1) as usize),
             slots: Arc::new(Semaphore::new(config.max_instances.max(1) as usize)),
+            backends: Backends::new(config.key_value_stores.clone(), config.data_dir.clone()),
             config,
             ticker: EpochTicker::start(),
         })
@@ -178,6 +225,14 @@ impl Runtime {
         on_event: &dyn Fn(LoadEvent<'_>),
     ) -> Result<Handler, LoadError> {
         let source = HandlerSource::resolve(path, options.module.as_deref())?;
+        // Grants first: a store that cannot be opened or a secret that is not
+        // set fails before a build is spent on the handler.
+        let kv = self.grant_stores(options)?;
+        let variables =
+            VariablesGrant::resolve(&options.variables).map_err(|reason| LoadError::Grant {
+                what: "variables",
+                reason,
+            })?;
         if options.limits.memory_bytes > self.config.max_memory_bytes {
             return Err(LoadError::LimitTooHigh {
                 path: path.to_path_buf(),
@@ -233,6 +288,13 @@ impl Runtime {
             stdio: StdioGrant {
                 max_output_bytes: options.limits.max_output_bytes,
             },
+            kv: Arc::new(kv),
+            outbound: Arc::new(OutboundGrant {
+                allowed: options.allowed_outbound_hosts.clone(),
+                resolve: self.config.outbound_resolve.clone(),
+                limits: options.limits.outbound,
+            }),
+            variables: Arc::new(variables),
         };
         Ok(Handler {
             inner: Arc::new(HandlerInner {
@@ -251,6 +313,40 @@ impl Runtime {
                     queue_timeout: self.config.queue_timeout,
                 },
             }),
+        })
+    }
+}
+
+impl Runtime {
+    /// Open each store `options` grants, in the tenant's namespace.
+    fn grant_stores(&self, options: &LoadOptions) -> Result<KvGrant, LoadError> {
+        let tenant = options.tenant.as_deref().unwrap_or(grants::DEFAULT_TENANT);
+        if !grants::valid_tenant(tenant) {
+            return Err(LoadError::Grant {
+                what: "tenant",
+                reason: format!("`{tenant}` is not a tenant name (1-64 of a-z, 0-9, '_', '-')"),
+            });
+        }
+        let mut stores = BTreeMap::new();
+        for store in &options.key_value_stores {
+            if !grants::valid_name(store) {
+                return Err(LoadError::Grant {
+                    what: "key-value store",
+                    reason: format!("`{store}` is not a store name"),
+                });
+            }
+            let backend = self
+                .backends
+                .open(tenant, store)
+                .map_err(|reason| LoadError::Grant {
+                    what: "key-value store",
+                    reason: format!("`{store}`: {reason}"),
+                })?;
+            stores.insert(store.clone(), backend);
+        }
+        Ok(KvGrant {
+            stores,
+            limits: options.limits.kv,
         })
     }
 }

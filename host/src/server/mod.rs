@@ -48,13 +48,19 @@ mod running {
     const MAX_ADMIN_CONNECTIONS: usize = 16;
 
     /// Runtime settings that fit `config`: its instance count, its largest
-    /// memory limit and its build limits.
+    /// memory limit, its build limits, its data directory, key-value stores
+    /// and outbound name overrides.
     pub fn runtime_config(config: &ServeConfig, cache: Cache) -> RuntimeConfig {
         let mut runtime = RuntimeConfig::new(cache);
         runtime.max_instances = config.max_instances;
         runtime.max_memory_bytes = config.max_memory_bytes();
         runtime.queue_timeout = config.queue_timeout;
         runtime.build_limits = config.build_limits;
+        if config.data_dir.is_some() {
+            runtime.data_dir = config.data_dir.clone();
+        }
+        runtime.key_value_stores = config.key_value_stores.clone();
+        runtime.outbound_resolve = config.outbound_resolve.clone();
         runtime
     }
 

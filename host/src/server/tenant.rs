@@ -153,6 +153,10 @@ fn load_one(
         limits: spec.limits.clone(),
         max_concurrency: spec.max_concurrency,
         venv: spec.venv.clone(),
+        tenant: Some(spec.name.clone()),
+        key_value_stores: spec.key_value_stores.clone(),
+        allowed_outbound_hosts: spec.allowed_outbound_hosts.clone(),
+        variables: spec.variables.clone(),
     };
     match runtime.load(&spec.handler, &options, on_event) {
         Ok(handler) => {

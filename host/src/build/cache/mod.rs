@@ -328,7 +328,10 @@ pub(crate) fn layer_key(requirements: &[String]) -> String {
 /// entry module, every staged file (path and contents) and every layer.
 pub(crate) fn handler_key(entry_module: &str, snapshot: &Snapshot, layers: &[Layer]) -> String {
     let mut h = hasher();
-    field(&mut h, crate::contract::wit::WIT_SOURCE.as_bytes());
+    for (name, text) in crate::contract::wit::WIT_FILES {
+        field(&mut h, name.as_bytes());
+        field(&mut h, text.as_bytes());
+    }
     for (name, source) in framework::FRAMEWORK_FILES {
         field(&mut h, name.as_bytes());
         field(&mut h, source.as_bytes());

@@ -1,0 +1,47 @@
+"""Variables the host set for this handler (`variables` in pycage.toml):
+plain values and secrets alike, read at request time.
+
+    from pycage import config
+
+    token = config.get("weather_token")        # str, or None if not set
+    region = config.get("region", "eu")
+
+A secret is only ever in the instance that reads it: never in the build's
+snapshot (reading a variable while the handler is imported raises), never
+in pycage's logs.
+"""
+
+from . import _capabilities
+
+__all__ = ["get", "get_all", "VariableError"]
+
+
+class VariableError(Exception):
+    """The host could not provide a variable."""
+
+
+def get(name, default=None):
+    """The value of variable `name`, or `default` if it is not set."""
+    from componentize_py_types import Err
+    from wit_world.imports import config_store
+
+    _capabilities.require("a configuration variable")
+    if not isinstance(name, str):
+        raise TypeError("a variable name is a str")
+    try:
+        value = config_store.get(name)
+    except Err as err:
+        raise VariableError(f"variable {name!r}: {getattr(err.value, 'value', err.value)}") from None
+    return default if value is None else value
+
+
+def get_all():
+    """Every variable, as a dict."""
+    from componentize_py_types import Err
+    from wit_world.imports import config_store
+
+    _capabilities.require("a configuration variable")
+    try:
+        return dict(config_store.get_all())
+    except Err as err:
+        raise VariableError(f"variables: {getattr(err.value, 'value', err.value)}") from None
