@@ -1,6 +1,7 @@
 //! The Redis backend, for stores shared by several pycage hosts: a tenant's
-//! store is one hash, `pycage:kv:<tenant>:<store>`, with its byte count in
-//! `pycage:kv:<tenant>:<store>:bytes`.
+//! store is one hash, `pycage:kv:{<tenant>:<store>}`, with its byte count in
+//! `...:bytes` and its keys, for listing in order, in the sorted set
+//! `...:keys` (the braces keep all three in one Redis Cluster slot).
 //!
 //! Every write is one Lua script, so the quota checks, increments and
 //! compare-and-swap are atomic across requests and across hosts. Tenant and
@@ -105,22 +106,31 @@ pub(crate) struct RedisBackend {
     server: std::sync::Arc<RedisServer>,
     hash: String,
     bytes: String,
+    keys: String,
 }
 
 impl RedisBackend {
     pub(crate) fn new(server: std::sync::Arc<RedisServer>, tenant: &str, store: &str) -> Self {
-        let hash = format!("pycage:kv:{tenant}:{store}");
+        let hash = format!("pycage:kv:{{{tenant}:{store}}}");
         Self {
             server,
             bytes: format!("{hash}:bytes"),
+            keys: format!("{hash}:keys"),
             hash,
         }
+    }
+
+    /// A write script with this store's keys.
+    fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.key(&self.hash);
+        invocation.key(&self.bytes).key(&self.keys);
+        invocation
     }
 }
 
 // Scripts answer {1, result} on success and {0, reason} when a quota or a
-// type check refuses the write. KEYS: the hash, the byte count. ARGV[1]: the
-// key; then per script.
+// type check refuses the write. KEYS: the hash, the byte count, the key
+// index. ARGV[1]: the key; then per script.
 const PUT: &str = r#"
 local function put(key, old, value, max_keys, max_bytes)
     local delta, new_key = #value, 0
@@ -134,7 +144,8 @@ local function put(key, old, value, max_keys, max_bytes)
     end
     redis.call('HSET', KEYS[1], key, value)
     redis.call('INCRBY', KEYS[2], delta)
-    return {1, value}
+    if new_key == 1 then redis.call('ZADD', KEYS[3], 0, key) end
+    return {1, ''}
 end
 "#;
 
@@ -162,7 +173,7 @@ static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
         end
         local value = redis.call('HGET', KEYS[1], ARGV[1])
         local delta = #value + #ARGV[1]
-        if old then delta = #value - #old end
+        if old then delta = #value - #old else redis.call('ZADD', KEYS[3], 0, ARGV[1]) end
         redis.call('INCRBY', KEYS[2], delta)
         return {1, value}",
     )
@@ -187,6 +198,7 @@ static DELETE: LazyLock<Script> = LazyLock::new(|| {
         "local old = redis.call('HGET', KEYS[1], ARGV[1])
         if old then
             redis.call('HDEL', KEYS[1], ARGV[1])
+            redis.call('ZREM', KEYS[3], ARGV[1])
             redis.call('INCRBY', KEYS[2], -(#ARGV[1] + #old))
         end
         return 1",
@@ -215,8 +227,7 @@ impl Backend for RedisBackend {
         let reply = self
             .server
             .run(|mut c| async move {
-                SET.key(&self.hash)
-                    .key(&self.bytes)
+                self.invocation(&SET)
                     .arg(key)
                     .arg(value)
                     .arg(limits.max_keys)
@@ -231,9 +242,7 @@ impl Backend for RedisBackend {
     async fn delete(&self, key: &str) -> Result<(), KvError> {
         self.server
             .run(|mut c| async move {
-                DELETE
-                    .key(&self.hash)
-                    .key(&self.bytes)
+                self.invocation(&DELETE)
                     .arg(key)
                     .invoke_async::<i64>(&mut c)
                     .await
@@ -253,34 +262,40 @@ impl Backend for RedisBackend {
         cursor: Option<&str>,
         page: usize,
     ) -> Result<(Vec<String>, Option<String>), KvError> {
-        let start = cursor.unwrap_or("0").to_owned();
-        let (next, flat): (String, Vec<String>) = self
+        // Exclusive of the cursor, the last key of the previous page: pages
+        // in key order, as the SQLite backend's.
+        let start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({c}"));
+        let mut keys: Vec<String> = self
             .server
             .run(|mut c| {
                 let start = start.clone();
                 async move {
-                    redis::cmd("HSCAN")
-                        .arg(&self.hash)
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(&self.keys)
                         .arg(&start)
-                        .arg("COUNT")
-                        .arg(page)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(page + 1)
                         .query_async(&mut c)
                         .await
                 }
             })
             .await?;
-        // HSCAN answers field, value, field, value...
-        let keys = flat.into_iter().step_by(2).collect();
-        Ok((keys, (next != "0").then_some(next)))
+        let next = if keys.len() > page {
+            keys.truncate(page);
+            keys.last().cloned()
+        } else {
+            None
+        };
+        Ok((keys, next))
     }
 
     async fn increment(&self, key: &str, delta: i64, limits: &KvLimits) -> Result<i64, KvError> {
         let reply = self
             .server
             .run(|mut c| async move {
-                INCREMENT
-                    .key(&self.hash)
-                    .key(&self.bytes)
+                self.invocation(&INCREMENT)
                     .arg(key)
                     .arg(delta)
                     .arg(limits.max_keys)
@@ -316,8 +331,7 @@ impl Backend for RedisBackend {
         let reply: (i64, Vec<u8>) = self
             .server
             .run(|mut c| async move {
-                SWAP.key(&self.hash)
-                    .key(&self.bytes)
+                self.invocation(&SWAP)
                     .arg(key)
                     .arg(present)
                     .arg(expected)

@@ -100,6 +100,18 @@ impl SqliteBackend {
             crate::build::cache::private::create_dir_all(dir)
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
+        // Created private before SQLite opens it: its -wal and -shm files
+        // take the database's permissions.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(file)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+        }
         let connection = Connection::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
@@ -117,11 +129,6 @@ impl SqliteBackend {
                 )
             })
             .map_err(|e| format!("{}: {e}", file.display()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600));
-        }
         Ok(Self {
             connection: Mutex::new(connection),
         })
@@ -191,12 +198,12 @@ impl Backend for SqliteBackend {
     ) -> Result<(Vec<String>, Option<String>), KvError> {
         self.with(|conn| {
             let mut statement = conn
-                .prepare_cached("SELECT key FROM kv WHERE key > ?1 ORDER BY key LIMIT ?2")
+                .prepare_cached(
+                    "SELECT key FROM kv WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2",
+                )
                 .map_err(failed)?;
             let mut keys: Vec<String> = statement
-                .query_map(params![cursor.unwrap_or(""), page as i64 + 1], |row| {
-                    row.get(0)
-                })
+                .query_map(params![cursor, page as i64 + 1], |row| row.get(0))
                 .map_err(failed)?
                 .collect::<Result<_, _>>()
                 .map_err(failed)?;
