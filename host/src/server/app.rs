@@ -56,12 +56,15 @@ impl App {
         };
         let (index, tenant_path) = target;
         let tenant = &self.tenants[index];
+        let mut capability = None;
         let (status, limit, response) = match tenant.handler() {
             None => self.unavailable(tenant),
             Some(handler) => match self.read_request(handler, &tenant_path, request).await {
                 Ok(pycage_request) => {
                     let exchange = handler.dispatch(pycage_request).await;
                     log_exchange(&tenant.name, &id, &exchange);
+                    self.metrics.observe_usage(&tenant.name, &exchange.usage);
+                    capability = exchange.usage.failure();
                     let limit = exchange
                         .result
                         .as_ref()
@@ -74,7 +77,8 @@ impl App {
             },
         };
         info!(target: "pycage::request", tenant = %tenant.name, request_id = %id, %method,
-            path = %raw_path, status, duration_ms = ms(started), limit = limit.unwrap_or("-"), "request");
+            path = %raw_path, status, duration_ms = ms(started), limit = limit.unwrap_or("-"),
+            capability = capability.unwrap_or("-"), "request");
         self.metrics
             .observe(&tenant.name, status, started.elapsed().as_secs_f64(), limit);
         with_request_id(response, &id)

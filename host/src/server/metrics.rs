@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::CapabilityUsage;
+
 type Labels = Vec<(&'static str, String)>;
 
 pub struct Metrics {
@@ -16,6 +18,10 @@ pub struct Metrics {
     limit_hits: Family<Labels, Counter>,
     instances_in_use: Gauge,
     tenant_ready: Family<Labels, Gauge>,
+    kv_operations: Family<Labels, Counter>,
+    kv_errors: Family<Labels, Counter>,
+    outbound_requests: Family<Labels, Counter>,
+    outbound_bytes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -37,6 +43,10 @@ impl Metrics {
         let limit_hits = Family::<Labels, Counter>::default();
         let instances_in_use = Gauge::default();
         let tenant_ready = Family::<Labels, Gauge>::default();
+        let kv_operations = Family::<Labels, Counter>::default();
+        let kv_errors = Family::<Labels, Counter>::default();
+        let outbound_requests = Family::<Labels, Counter>::default();
+        let outbound_bytes = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
             "Requests answered, by tenant and status class",
@@ -49,8 +59,29 @@ impl Metrics {
         );
         registry.register(
             "limit_hits",
-            "Requests stopped by a limit, by tenant and limit",
+            "Requests stopped by a limit, and capability quotas reached, by tenant and limit",
             limit_hits.clone(),
+        );
+        registry.register(
+            "kv_operations",
+            "Key-value operations requests made, by tenant",
+            kv_operations.clone(),
+        );
+        registry.register(
+            "kv_errors",
+            "Requests whose key-value operations were refused (denied: a store not granted) or \
+             failed (the backend), by tenant",
+            kv_errors.clone(),
+        );
+        registry.register(
+            "outbound_requests",
+            "Outbound HTTP requests, by tenant and outcome (ok, denied, failed)",
+            outbound_requests.clone(),
+        );
+        registry.register(
+            "outbound_response_bytes",
+            "Outbound HTTP response body bytes received, by tenant",
+            outbound_bytes.clone(),
         );
         registry.register(
             "instances_in_use",
@@ -69,6 +100,58 @@ impl Metrics {
             limit_hits,
             instances_in_use,
             tenant_ready,
+            kv_operations,
+            kv_errors,
+            outbound_requests,
+            outbound_bytes,
+        }
+    }
+
+    /// What one request did with its capabilities.
+    pub fn observe_usage(&self, tenant: &str, usage: &CapabilityUsage) {
+        let labels = |extra: Option<(&'static str, &str)>| {
+            let mut labels = vec![("tenant", tenant.to_owned())];
+            labels.extend(extra.map(|(k, v)| (k, v.to_owned())));
+            labels
+        };
+        if usage.kv.ops > 0 {
+            self.kv_operations
+                .get_or_create(&labels(None))
+                .inc_by(u64::from(usage.kv.ops));
+        }
+        for (kind, happened) in [("denied", usage.kv.denied), ("failed", usage.kv.failed)] {
+            if happened {
+                self.kv_errors
+                    .get_or_create(&labels(Some(("kind", kind))))
+                    .inc();
+            }
+        }
+        let out = &usage.outbound;
+        for (outcome, n) in [
+            ("ok", out.ok),
+            ("denied", out.denied),
+            ("failed", out.failed),
+        ] {
+            if n > 0 {
+                self.outbound_requests
+                    .get_or_create(&labels(Some(("outcome", outcome))))
+                    .inc_by(u64::from(n));
+            }
+        }
+        if out.bytes > 0 {
+            self.outbound_bytes
+                .get_or_create(&labels(None))
+                .inc_by(out.bytes);
+        }
+        for (limit, hit) in [
+            ("kv_quota", usage.kv.quota_hit),
+            ("outbound", out.limit_hit),
+        ] {
+            if hit {
+                self.limit_hits
+                    .get_or_create(&labels(Some(("limit", limit))))
+                    .inc();
+            }
         }
     }
 
@@ -132,6 +215,23 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("pycage_instances_in_use 3"), "{text}");
+        let mut usage = CapabilityUsage::default();
+        usage.kv.ops = 3;
+        usage.kv.quota_hit = true;
+        usage.outbound.ok = 2;
+        usage.outbound.denied = 1;
+        usage.outbound.bytes = 10;
+        m.observe_usage("shop", &usage);
+        let text = m.render(0, &[]);
+        for line in [
+            "pycage_kv_operations_total{tenant=\"shop\"} 3",
+            "pycage_limit_hits_total{tenant=\"shop\",limit=\"kv_quota\"} 1",
+            "pycage_outbound_requests_total{tenant=\"shop\",outcome=\"ok\"} 2",
+            "pycage_outbound_requests_total{tenant=\"shop\",outcome=\"denied\"} 1",
+            "pycage_outbound_response_bytes_total{tenant=\"shop\"} 10",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
         assert!(
             text.contains("pycage_tenant_ready{tenant=\"shop\"} 0"),
             "{text}"
