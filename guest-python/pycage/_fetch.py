@@ -172,7 +172,11 @@ def _send(method, url, pairs, body, timeout):
     try:
         fields = http_types.Fields.from_list(pairs)
     except Err as err:
-        raise FetchError(f"{url}: invalid request headers ({type(err.value).__name__})") from None
+        if isinstance(err.value, http_types.HeaderError_Forbidden):
+            raise FetchError(
+                f"{url}: a forbidden header (one the host sets itself, such as Host or Connection)"
+            ) from None
+        raise FetchError(f"{url}: invalid request headers") from None
     request = http_types.OutgoingRequest(fields)
     methods = {
         "GET": http_types.Method_Get, "HEAD": http_types.Method_Head,
@@ -205,7 +209,7 @@ def _send(method, url, pairs, body, timeout):
                     stream.blocking_write_and_flush(body[start:start + _WRITE_CHUNK])
                 except Err as err:
                     future.__exit__(None, None, None)
-                    raise FetchError(f"{url}: sending the body failed ({_failure(err.value)})") from None
+                    raise FetchError(f"{url}: sending the body failed: {_failure(err.value)}") from None
     http_types.OutgoingBody.finish(outgoing, None)
     with future:
         with future.subscribe() as ready:
@@ -230,15 +234,23 @@ def _send(method, url, pairs, body, timeout):
                 except Err as err:
                     if isinstance(err.value, io_streams.StreamError_Closed):
                         break
-                    raise FetchError(f"{url}: reading the response failed ({_failure(err.value)})") from None
+                    raise FetchError(f"{url}: reading the response failed: {_failure(err.value)}") from None
         http_types.IncomingBody.finish(incoming)
     return FetchResponse(status, headers, b"".join(chunks), url)
 
 
 def _failure(stream_error):
-    """The host's reason for a failed read (a response too big, say)."""
+    """The reason for a failed read or write (a response over the byte
+    limit, a dropped connection), from the wasi:http error code in it."""
+    from wit_world.imports import http_types
+
     error = getattr(stream_error, "value", None)
-    try:
-        return error.to_debug_string()
-    except Exception:
-        return type(stream_error).__name__
+    if error is None:
+        return "the stream failed"
+    code = http_types.http_error_code(error)
+    if code is None:
+        return "the stream failed"
+    name = type(code).__name__.removeprefix("ErrorCode_")
+    if name == "HttpResponseBodySize" and getattr(code, "value", None):
+        return f"the responses are over this request's limit of {code.value} bytes"
+    return _REASONS.get(name, name)
