@@ -19,8 +19,21 @@ fn pycage() -> Command {
 /// Start `pycage serve ARGS` and wait for its "listening on" log line
 /// (and, with `--config`, for its tenants to have loaded).
 fn start(args: &[&str]) -> (Child, SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+    let started = start_with(pycage(), args);
+    (started.child, started.addr, started.logs)
+}
+
+struct Started {
+    child: Child,
+    addr: SocketAddr,
+    /// The admin address, if `--admin-listen` was given.
+    admin: Option<SocketAddr>,
+    logs: std::thread::JoinHandle<Vec<String>>,
+}
+
+fn start_with(mut command: Command, args: &[&str]) -> Started {
     let background = args.contains(&"--config");
-    let mut child = pycage()
+    let mut child = command
         .arg("serve")
         .args(args)
         .args(["--listen", "127.0.0.1:0"])
@@ -37,7 +50,11 @@ fn start(args: &[&str]) -> (Child, SocketAddr, std::thread::JoinHandle<Vec<Strin
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap().to_owned();
-                let _ = tx.send(addr);
+                let admin = rest
+                    .split("admin on http://")
+                    .nth(1)
+                    .map(|a| a.split('/').next().unwrap().to_owned());
+                let _ = tx.send((addr, admin));
             }
             if line.contains("tenants loaded") {
                 let _ = loaded_tx.send(());
@@ -46,17 +63,20 @@ fn start(args: &[&str]) -> (Child, SocketAddr, std::thread::JoinHandle<Vec<Strin
         }
         lines
     });
-    let addr = rx
+    let (addr, admin) = rx
         .recv_timeout(Duration::from_secs(300))
-        .expect("server did not report its address")
-        .parse()
-        .unwrap();
+        .expect("server did not report its address");
     if background {
         loaded_rx
             .recv_timeout(Duration::from_secs(600))
             .expect("server did not report its tenants loaded");
     }
-    (child, addr, reader)
+    Started {
+        child,
+        addr: addr.parse().unwrap(),
+        admin: admin.map(|a| a.parse().unwrap()),
+        logs: reader,
+    }
 }
 
 fn terminate(child: &Child) {
@@ -308,4 +328,134 @@ async fn fd_exhaustion_does_not_spin_the_accept_loop() {
 fn serve_needs_a_handler_or_a_config() {
     let out = pycage().arg("serve").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `pycage serve` with the capability flags, SIGKILLed after its writes
+/// were acknowledged: a new server on the same data directory has them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_key_value_writes_survive_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    let handler = fixture("grants");
+    let args = [
+        handler.to_str().unwrap(),
+        "--kv",
+        "default",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ];
+    let first = start_with(pycage(), &args);
+    for i in 1..=50 {
+        let reply = common::client::send(
+            first.addr,
+            "POST",
+            "127.0.0.1",
+            "/incr/default/n",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.json()["value"], i, "{}", reply.text());
+    }
+    // Outbound is not granted: the log line names the failed capability.
+    let denied = get(
+        first.addr,
+        "127.0.0.1",
+        "/fetch?url=http%3A%2F%2F127.0.0.1%3A9%2F",
+    )
+    .await;
+    assert_eq!(denied.json()["ok"], false);
+    let mut child = first.child;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let logs = first.logs.join().unwrap().join("\n");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("path=/fetch") && l.contains("capability=\"outbound_denied\"")),
+        "{logs}"
+    );
+
+    let second = start_with(pycage(), &args);
+    let reply = get(second.addr, "127.0.0.1", "/kv/default/n").await;
+    assert_eq!(reply.json()["value"], "50", "{}", reply.text());
+    let reply = common::client::send(
+        second.addr,
+        "POST",
+        "127.0.0.1",
+        "/incr/default/n",
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.json()["value"], 51);
+    let mut child = second.child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The capabilities example, as README shows it: fixtures/shop.toml with
+/// its upstream, its store and its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shop_example_serves_with_its_grants_and_never_shows_its_secret() {
+    let upstream = common::upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(fixture("shop.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8089", &upstream.addr.to_string())
+        .replace(
+            "handler = \"shop\"",
+            &format!("handler = {:?}", fixture("shop").to_str().unwrap()),
+        );
+    let config_path = dir.path().join("shop.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let secret = "tok-9f8e7d6c5b4a";
+    let mut command = pycage();
+    command
+        .env("SHOP_WEATHER_TOKEN", secret)
+        .env("PYCAGE_DATA_DIR", dir.path().join("data"));
+    let started = start_with(
+        command,
+        &[
+            "--config",
+            config_path.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = started.addr;
+    for n in 1..=2 {
+        let reply = common::client::send(addr, "POST", "127.0.0.1", "/visits/home", b"hi".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(reply.json()["visits"], n, "{}", reply.text());
+    }
+    assert_eq!(
+        get(addr, "127.0.0.1", "/visits/home").await.json()["visits"],
+        2
+    );
+    assert_eq!(
+        get(addr, "127.0.0.1", "/about").await.json()["region"],
+        "eu"
+    );
+    let weather = get(addr, "127.0.0.1", "/weather/paris").await;
+    assert_eq!(weather.status, 200, "{}", weather.text());
+    let data = &weather.json()["data"];
+    assert_eq!(data["city"], "paris");
+    // The upstream got the secret; the guest chose to echo it back here.
+    assert_eq!(data["authorization"], format!("Bearer {secret}"));
+
+    let metrics = get(started.admin.unwrap(), "127.0.0.1", "/metrics")
+        .await
+        .text();
+    for line in [
+        "pycage_kv_operations_total{tenant=\"shop\"}",
+        "pycage_outbound_requests_total{tenant=\"shop\",outcome=\"ok\"} 1",
+        "pycage_outbound_response_bytes_total{tenant=\"shop\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    assert!(!metrics.contains(secret));
+    terminate(&started.child);
+    let logs = started.logs.join().unwrap().join("\n");
+    assert!(logs.contains("path=/weather/paris"), "{logs}");
+    assert!(!logs.contains(secret), "the secret is in the log:\n{logs}");
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 pub mod client;
+pub mod redis;
+pub mod upstream;
 
 use pycage::{Cache, Exchange, Handler, LoadOptions, Request, Response, Runtime};
 
