@@ -96,11 +96,23 @@ def fetch(url, *, method="GET", headers=None, body=None, json=None, timeout=None
         location = response.headers.get("location")
         if not (allow_redirects and response.status in _REDIRECTS and location):
             return response
-        url = urljoin(url, location)
+        previous, url = url, urljoin(url, location)
+        if _origin(url) != _origin(previous):
+            # Credentials were meant for the origin they were given to, as
+            # browsers and requests have it.
+            pairs = [(k, v) for k, v in pairs if k not in _CREDENTIAL_HEADERS]
         if response.status == 303 or (response.status in (301, 302) and method == "POST"):
             method, body = "GET", None
             pairs = [(k, v) for k, v in pairs if k not in ("content-type", "content-length")]
     raise FetchError(f"more than {max_redirects} redirects, last to {url}")
+
+
+_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+
+
+def _origin(url):
+    parts = urlsplit(url)
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
 
 
 def _header_pairs(headers):

@@ -358,6 +358,21 @@ async fn quotas(h: &Handler) {
     // make 24.
     let bytes = refusal(&probe(h, "PUT", "/kv/default/k2", &[b'v'; 16]).await);
     assert!(bytes.contains("over its limit of 20"), "{bytes}");
+    // Increments count against the bytes too, and a refused one leaves
+    // nothing behind: 6 bytes held, + 8 of key + 16 of value is 30.
+    value(&probe(h, "DELETE", "/kv/default/k4", b"").await);
+    let grow = call(h, "POST", "/incr/default/n2345678?by=1000000000000000", b"").await;
+    let grown = refusal(&json(ok(&grow)));
+    assert!(grown.contains("over its limit of 20"), "{grown}");
+    assert!(grow.usage.kv.quota_hit);
+    assert_eq!(
+        value(&probe(h, "GET", "/kv/default/n2345678", b"").await),
+        &Value::Null
+    );
+    assert_eq!(
+        value(&probe(h, "POST", "/incr/default/n2345678", b"").await),
+        1
+    );
 
     // Opening the store is an operation too: 1 + 5 gets.
     e = call(h, "GET", "/many-ops/default?n=5", b"").await;
@@ -693,6 +708,92 @@ async fn hostile_store_names_and_keys_stay_in_the_grant() {
     assert!(
         refusal(&json(ok(&e))).contains("over the limit"),
         "a 2,000-byte key"
+    );
+    still_serves(&h).await;
+}
+
+/// A guest that goes around pycage's Python wrappers and hoards what the
+/// host keeps for it (header maps, unsent request bodies, compare-and-swap
+/// handles with their values) is stopped at a bound, and the next request
+/// is served.
+#[tokio::test]
+async fn host_side_resources_a_guest_hoards_are_bounded() {
+    let host = host(&[], &[]);
+    let h = load(&host, &kv_options("hoard", &["default"]));
+    // wasmtime-wasi-http traps on a header map over its size limit.
+    let big = call(&h, "GET", "/hoard/fields?n=1&size=20000", b"").await;
+    assert!(
+        matches!(&big.result, Err(DispatchError::Trap(m)) if m.contains("exceeds limit")),
+        "a 20,000-byte header map: {:?}",
+        big.result
+    );
+    still_serves(&h).await;
+    let few = json(ok(
+        &call(&h, "GET", "/hoard/fields?n=100&size=16000", b"").await
+    ));
+    assert_eq!(few["value"], 100, "{few}");
+    let e = call(&h, "GET", "/hoard/fields?n=5000&size=16000", b"").await;
+    assert!(
+        e.result.is_err(),
+        "5,000 header maps were kept: {:?}",
+        e.result
+    );
+    assert_eq!(e.response().status, 500);
+    still_serves(&h).await;
+
+    let bodies = json(ok(&call(&h, "GET", "/hoard/bodies?n=10", b"").await));
+    let room = bodies["room"].as_u64().unwrap();
+    assert!(
+        room > 0 && room <= 16 * 1024,
+        "the host buffers {room} bytes of an unsent body"
+    );
+    let e = call(&h, "GET", "/hoard/bodies?n=5000", b"").await;
+    assert!(
+        e.result.is_err(),
+        "5,000 unsent bodies were kept: {:?}",
+        e.result
+    );
+    still_serves(&h).await;
+
+    let cas = json(ok(&call(&h, "GET", "/hoard/cas/default?n=100", b"").await));
+    assert_eq!(cas["ok"], false, "{cas}");
+    assert!(
+        cas["message"]
+            .as_str()
+            .unwrap()
+            .contains("compare-and-swap handles"),
+        "{cas}"
+    );
+    assert_eq!(cas["held"], 16);
+    still_serves(&h).await;
+}
+
+/// Credentials in the authority would reach the upstream's Host header as
+/// if they were part of the checked host: refused, whatever the guest's
+/// wrapper does.
+#[tokio::test]
+async fn userinfo_in_the_authority_is_refused() {
+    let up = upstream();
+    let (_host, h) = outbound_host();
+    for authority in [
+        format!("user:pw@127.0.0.1:{}", up.port()),
+        format!("x@127.0.0.1:{}", up.port()),
+    ] {
+        let target = format!(
+            "/raw-authority?authority={}",
+            url::form_urlencoded_byte(&authority)
+        );
+        let answer = json(ok(&call(&h, "GET", &target, b"").await));
+        assert_eq!(answer["ok"], false, "{authority}: {answer}");
+    }
+    let target = format!(
+        "/raw-authority?authority={}",
+        url::form_urlencoded_byte(&format!("127.0.0.1:{}", up.port()))
+    );
+    assert_eq!(
+        json(ok(&call(&h, "GET", &target, b"").await))["ok"],
+        true,
+        "the same without userinfo is sent"
     );
     still_serves(&h).await;
 }

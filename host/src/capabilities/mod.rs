@@ -104,7 +104,7 @@ impl Grants {
             kv: self.kv.prepare(),
             outbound: self.outbound.prepare(deadline),
             variables: self.variables.clone(),
-            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http: http_ctx(),
         }
     }
 
@@ -142,6 +142,17 @@ impl Grants {
     pub(crate) fn redact_text(&self, text: &mut String) {
         self.variables.redact(text);
     }
+}
+
+/// The most bytes of headers the guest may put in one `fields` it builds
+/// (wasmtime-wasi-http's default is 128 KiB, per fields, of which a guest
+/// may hold many).
+const FIELDS_BYTES: usize = 16 * 1024;
+
+fn http_ctx() -> wasmtime_wasi_http::WasiHttpCtx {
+    let mut http = wasmtime_wasi_http::WasiHttpCtx::new();
+    http.set_field_size_limit(FIELDS_BYTES);
+    http
 }
 
 /// The base WASI context every instance starts from: nothing granted.

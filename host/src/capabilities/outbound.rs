@@ -93,12 +93,29 @@ impl OutboundState {
     }
 
     fn refuse(&self, reason: String) -> HttpResult<HostFutureIncomingResponse> {
-        self.note(|u| u.denied += 1);
+        self.note(|u| u.denied = u.denied.saturating_add(1));
         Err(ErrorCode::InternalError(Some(reason)).into())
     }
 }
 
+/// The most bytes a response head may take (hyper's read buffer; its
+/// smallest allowed value is 8 KiB).
+const RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+
+/// The size of the guest's outgoing body chunks, and how many the host
+/// buffers before the guest must wait: a request body the guest never sends
+/// holds at most this much host memory.
+const OUTGOING_BODY_CHUNK: usize = 16 * 1024;
+
 impl WasiHttpHooks for OutboundState {
+    fn outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         request: hyper::Request<HyperOutgoingBody>,
@@ -109,6 +126,14 @@ impl WasiHttpHooks for OutboundState {
         let Some(authority) = request.uri().authority().cloned() else {
             return Err(ErrorCode::HttpRequestUriInvalid.into());
         };
+        // A userinfo (`user@host`) would reach the Host header and the
+        // upstream as if it were part of the checked authority.
+        if authority.as_str().contains('@') {
+            return self.refuse(format!(
+                "{scheme}://{}: credentials in the URL are not sent; use an Authorization header",
+                authority.host()
+            ));
+        }
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -127,7 +152,7 @@ impl WasiHttpHooks for OutboundState {
         if admitting.is_empty() {
             return self.refuse(format!("{url} is not in allowed_outbound_hosts"));
         }
-        self.requests += 1;
+        self.requests = self.requests.saturating_add(1);
         if self.requests > self.grant.limits.max_requests {
             self.note(|u| u.limit_hit = true);
             return Err(ErrorCode::InternalError(Some(format!(
@@ -140,6 +165,8 @@ impl WasiHttpHooks for OutboundState {
         if remaining.is_zero() {
             return Err(ErrorCode::ConnectionTimeout.into());
         }
+        // The names in `resolve` are stored lower-case, without a trailing dot.
+        let fixed = self.grant.resolve.get(&host).copied();
         let call = Call {
             url,
             host,
@@ -147,11 +174,7 @@ impl WasiHttpHooks for OutboundState {
             https,
             authority: authority.to_string(),
             admitting,
-            fixed: self
-                .grant
-                .resolve
-                .get(authority.host().trim_end_matches('.'))
-                .copied(),
+            fixed,
             connect_timeout: config.connect_timeout.min(remaining),
             first_byte_timeout: config.first_byte_timeout.min(remaining),
             between_bytes_timeout: config.between_bytes_timeout.min(remaining),
@@ -165,13 +188,13 @@ impl WasiHttpHooks for OutboundState {
             let result = call.send(request).await;
             let mut usage = usage.lock().unwrap_or_else(|e| e.into_inner());
             match &result {
-                Ok(_) => usage.ok += 1,
+                Ok(_) => usage.ok = usage.ok.saturating_add(1),
                 Err(ErrorCode::InternalError(Some(reason)))
                     if reason.contains("internal address") =>
                 {
-                    usage.denied += 1
+                    usage.denied = usage.denied.saturating_add(1)
                 }
-                Err(_) => usage.failed += 1,
+                Err(_) => usage.failed = usage.failed.saturating_add(1),
             }
             Ok(result)
         });
@@ -277,13 +300,16 @@ impl Call {
     where
         IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let (sender, connection) = tokio::time::timeout(
-            self.connect_timeout,
-            hyper::client::conn::http1::handshake(io),
-        )
-        .await
-        .map_err(|_| ErrorCode::ConnectionTimeout)?
-        .map_err(|e| ErrorCode::InternalError(Some(format!("{}: {e}", self.url))))?;
+        // A response head is bounded like a request head (64 KiB): the
+        // guest can keep many responses' headers alive in its resource
+        // table, so their size is host memory it controls.
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        builder.max_buf_size(RESPONSE_HEAD_BYTES);
+        let (sender, connection) =
+            tokio::time::timeout(self.connect_timeout, builder.handshake(io))
+                .await
+                .map_err(|_| ErrorCode::ConnectionTimeout)?
+                .map_err(|e| ErrorCode::InternalError(Some(format!("{}: {e}", self.url))))?;
         let worker = wasmtime_wasi::runtime::spawn(async move {
             let _ = connection.await;
         });

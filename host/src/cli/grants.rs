@@ -62,8 +62,11 @@ impl FlagGrants {
                 ));
             }
             if let Some(url) = url {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    return Err(format!("--kv {entry}: `{url}` is not a redis:// URL"));
+                if !url.starts_with("redis://") {
+                    return Err(format!(
+                        "--kv {name}=...: not a redis:// URL (rediss://, Redis over TLS, is not \
+                         supported)"
+                    ));
                 }
                 grants.stores.insert(
                     name.to_owned(),

@@ -180,7 +180,7 @@ impl Prepared {
         let caps = grants.prepare(&mut wasi, Instant::now() + self.limits.timeout);
         let state = StoreState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table: resource_table(),
             memory: MemoryLimiter::new(self.limits.memory_bytes),
             caps,
         };
@@ -340,4 +340,18 @@ fn to_wit(request: Request) -> types::Request {
             .collect(),
         body: request.body,
     }
+}
+
+/// The most resources (descriptors, streams, pollables, HTTP fields and
+/// bodies, key-value handles) one instance may hold at once. Their host
+/// memory is not linear memory, so the memory limit does not see it; this
+/// bound, with the small per-resource bounds (`capabilities::outbound`,
+/// `keyvalue`), keeps it to tens of MiB where wasmtime's default (1,000,000
+/// entries) would let a guest take gigabytes.
+const MAX_RESOURCES: usize = 2048;
+
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
 }

@@ -54,13 +54,20 @@ pub struct KvUsage {
 pub(crate) struct KvState {
     grant: Arc<KvGrant>,
     pub usage: KvUsage,
+    /// Compare-and-swap handles alive: each holds a value in host memory.
+    live_cas: usize,
 }
+
+/// The most compare-and-swap handles one instance may hold at once; each
+/// keeps the value it observed (up to `max_value_bytes`) in host memory.
+const MAX_LIVE_CAS: usize = 16;
 
 impl KvGrant {
     pub(crate) fn prepare(self: &Arc<Self>) -> KvState {
         KvState {
             grant: self.clone(),
             usage: KvUsage::default(),
+            live_cas: 0,
         }
     }
 }
@@ -89,7 +96,7 @@ pub(crate) fn link<T: Send + 'static>(
 impl KvView<'_> {
     /// Count one operation against the request's budget.
     fn operation(&mut self) -> Result<(), kv_store::Error> {
-        self.state.usage.ops += 1;
+        self.state.usage.ops = self.state.usage.ops.saturating_add(1);
         if self.state.usage.ops > self.state.grant.limits.max_ops {
             self.state.usage.quota_hit = true;
             return Err(kv_store::Error::Other(format!(
@@ -270,6 +277,7 @@ impl kv_atomics::Host for KvView<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), kv_atomics::CasError>> {
         let rep = self.table.delete(cas)?;
+        self.state.live_cas = self.state.live_cas.saturating_sub(1);
         if let Err(error) = self.operation().and_then(|()| self.check_value(&value)) {
             return Ok(Err(kv_atomics::CasError::StoreError(error)));
         }
@@ -288,6 +296,7 @@ impl kv_atomics::Host for KvView<'_> {
                     key: rep.key,
                     observed: current,
                 })?;
+                self.state.live_cas += 1;
                 Ok(Err(kv_atomics::CasError::CasFailed(fresh)))
             }
             Err(error) => Ok(Err(kv_atomics::CasError::StoreError(self.error(error)))),
@@ -301,14 +310,24 @@ impl kv_atomics::HostCas for KvView<'_> {
         bucket: Resource<BucketRep>,
         key: String,
     ) -> wasmtime::Result<Result<Resource<CasRep>, kv_store::Error>> {
+        if self.state.live_cas >= MAX_LIVE_CAS {
+            self.state.usage.quota_hit = true;
+            return Ok(Err(kv_store::Error::Other(format!(
+                "more than {MAX_LIVE_CAS} compare-and-swap handles alive at once"
+            ))));
+        }
         let backend = begin!(self, bucket, Some(&key));
         let store = self.table.get(&bucket)?.store.clone();
         match backend.get(&key).await {
-            Ok(observed) => Ok(Ok(self.table.push(CasRep {
-                store,
-                key,
-                observed,
-            })?)),
+            Ok(observed) => {
+                let handle = self.table.push(CasRep {
+                    store,
+                    key,
+                    observed,
+                })?;
+                self.state.live_cas += 1;
+                Ok(Ok(handle))
+            }
             Err(error) => Ok(Err(self.error(error))),
         }
     }
@@ -322,6 +341,7 @@ impl kv_atomics::HostCas for KvView<'_> {
 
     async fn drop(&mut self, cas: Resource<CasRep>) -> wasmtime::Result<()> {
         self.table.delete(cas)?;
+        self.state.live_cas = self.state.live_cas.saturating_sub(1);
         Ok(())
     }
 }

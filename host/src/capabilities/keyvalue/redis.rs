@@ -34,7 +34,7 @@ impl RedisServer {
     /// Check that `url` answers (a PING), for a load-time error rather than
     /// a request-time one.
     pub(crate) fn connect(url: &str) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+        let client = redis::Client::open(url).map_err(|e| format!("{}: {e}", redacted(url)))?;
         let mut probe = client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
             .map_err(|e| format!("{}: {e}", redacted(url)))?;
@@ -86,13 +86,16 @@ impl RedisServer {
     }
 }
 
-/// A URL without its password, for messages.
+/// A URL without its credentials, for messages: everything between
+/// `://` and the authority's last `@` (a password may itself hold `@`).
 fn redacted(url: &str) -> String {
-    match url.split_once('@') {
-        Some((scheme_user, host)) => {
-            let scheme = scheme_user.split("://").next().unwrap_or("redis");
-            format!("{scheme}://***@{host}")
-        }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(a redis URL)".to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
         None => url.to_owned(),
     }
 }
@@ -159,8 +162,8 @@ static SET: LazyLock<Script> = LazyLock::new(|| {
 
 // HINCRBY keeps the value a 64-bit integer (Lua numbers are doubles, so the
 // script never computes with it) and refuses a value that is not one. The
-// key quota is checked first; an increment adds at most 20 bytes, which the
-// byte count records but does not refuse.
+// byte quota is checked on the result, as `PUT` does, and a refused
+// increment is undone within the script (which Redis runs atomically).
 static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -173,7 +176,19 @@ static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
         end
         local value = redis.call('HGET', KEYS[1], ARGV[1])
         local delta = #value + #ARGV[1]
-        if old then delta = #value - #old else redis.call('ZADD', KEYS[3], 0, ARGV[1]) end
+        if old then delta = #value - #old end
+        if delta > 0 then
+            local bytes = tonumber(redis.call('GET', KEYS[2]) or '0') + delta
+            if bytes > tonumber(ARGV[4]) then
+                if old then
+                    redis.call('HSET', KEYS[1], ARGV[1], old)
+                else
+                    redis.call('HDEL', KEYS[1], ARGV[1])
+                end
+                return {0, 'the store would hold ' .. bytes .. ' bytes, over its limit of ' .. ARGV[4]}
+            end
+        end
+        if not old then redis.call('ZADD', KEYS[3], 0, ARGV[1]) end
         redis.call('INCRBY', KEYS[2], delta)
         return {1, value}",
     )
@@ -299,6 +314,7 @@ impl Backend for RedisBackend {
                     .arg(key)
                     .arg(delta)
                     .arg(limits.max_keys)
+                    .arg(limits.max_total_bytes)
                     .invoke_async::<(i64, Vec<u8>)>(&mut c)
                     .await
             })
