@@ -638,7 +638,7 @@ impl Check<'_> {
                 && prefix.len() > 1
                 && !prefix.ends_with('/')
                 && !prefix.contains(['?', '#', '%', '{', '}'])
-                && crate::server::tenants::normalize_path(prefix).as_deref() == Ok(prefix.as_str());
+                && crate::routing::normalize_path(prefix).as_deref() == Ok(prefix.as_str());
             if !valid {
                 return Err(self.invalid(
                     Some(name),

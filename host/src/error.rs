@@ -268,6 +268,7 @@ pub enum DispatchError {
 
 impl DispatchError {
     /// Apply `f` to every text in the error that came from the guest.
+    #[cfg(feature = "runtime")]
     pub(crate) fn texts_mut(&mut self, mut f: impl FnMut(&mut String)) {
         match self {
             DispatchError::MethodNotAllowed { allowed } => allowed.iter_mut().for_each(f),

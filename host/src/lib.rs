@@ -48,10 +48,13 @@ mod contract;
 pub mod error;
 pub mod grants;
 mod guest_text;
+#[cfg(feature = "runtime")]
+mod host_fs;
 pub mod http;
 #[cfg(feature = "runtime")]
 mod instance;
 pub mod limits;
+pub mod routing;
 #[cfg(feature = "runtime")]
 mod runtime;
 pub mod server;
@@ -62,7 +65,9 @@ pub use build::cache::Cache;
 pub use build::{BuildIsolation, LoadEvent};
 #[cfg(feature = "runtime")]
 pub use capabilities::CapabilityUsage;
+#[cfg(feature = "runtime")]
 pub use capabilities::keyvalue::KvUsage;
+#[cfg(feature = "runtime")]
 pub use capabilities::outbound::OutboundUsage;
 #[cfg(feature = "runtime")]
 pub use capabilities::output::CapturedOutput;
@@ -77,6 +82,7 @@ pub use instance::memory::ResetStats;
 #[cfg(feature = "runtime")]
 pub use instance::{Exchange, Timings};
 pub use limits::{BuildLimits, Limits};
+#[cfg(feature = "runtime")]
 pub use runtime::{
     Handler, LoadOptions, RouteInfo, Runtime, RuntimeConfig, Teardown, default_data_dir,
 };

@@ -16,13 +16,13 @@ use wasmtime::component::Component;
 
 use super::job::{ARTIFACT, BuiltFacts, MEMORY_IMAGE};
 use crate::build::cache::Cache;
-use crate::build::cache::private;
 use crate::build::cache::seal::{FileSeal, Match};
 use crate::build::stage::{MAX_TOTAL_BYTES, Snapshot};
-use crate::build::untrusted_fs::{self, ReadError};
 use crate::contract::wit;
 use crate::contract::{self, mounts};
 use crate::error::LoadError;
+use crate::host_fs::private;
+use crate::host_fs::untrusted::{self, ReadError};
 use crate::instance::memory::MemoryImage;
 
 const META: &str = "meta.json";
@@ -176,7 +176,7 @@ fn copy_bytecode(
     dir: &Path,
     budget: &mut u64,
 ) -> Result<(), ReadError> {
-    let Ok((mount_fd, _)) = untrusted_fs::open_named(mount) else {
+    let Ok((mount_fd, _)) = untrusted::open_named(mount) else {
         return Ok(());
     };
     for file in &snapshot.files {
@@ -189,7 +189,7 @@ fn copy_bytecode(
         };
         let relative = format!("{parent}__pycache__/{stem}.{}.pyc", contract::PYC_TAG);
         let limit = MAX_PYC_BYTES.min(*budget);
-        let bytes = match untrusted_fs::read_file_at(
+        let bytes = match untrusted::read_file_at(
             mount_fd.as_fd(),
             Path::new(&relative),
             limit,
@@ -255,7 +255,7 @@ fn verify(
         }
         Err(e) => return Err(refused(META, e)),
     };
-    let document = untrusted_fs::read_to_end(fd, &stat, MAX_META_BYTES, &dir.join(META))
+    let document = untrusted::read_to_end(fd, &stat, MAX_META_BYTES, &dir.join(META))
         .map_err(|e| Verify::Refused(e.to_string()))?;
     let meta: Meta = opened
         .key()

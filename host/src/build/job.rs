@@ -21,10 +21,10 @@ use crate::build::cache::Cache;
 use crate::build::cache::code::CodeCache;
 use crate::build::flatten::{self, FlattenError};
 use crate::build::immortal;
-use crate::build::untrusted_fs;
 use crate::contract;
 use crate::contract::engine;
 use crate::contract::wit;
+use crate::host_fs::untrusted;
 use crate::instance::memory::MemoryImage;
 
 /// The compiled component, in the job's output directory.
@@ -134,11 +134,9 @@ fn compile(job: &Job, component_wasm: &Path) -> Result<BuiltFacts, String> {
     code_cache.trim(crate::build::cache::code::CODE_CACHE_LIMIT);
     let engine = Engine::new(&engine::config(Some(code_cache))).map_err(|e| format!("{e:#}"))?;
 
-    let (fd, stat) = untrusted_fs::open_named(component_wasm).map_err(|e| e.to_string())?;
-    let generated = untrusted_fs::read_to_end(fd, &stat, job.max_component_bytes, component_wasm)
-        .map_err(|e| {
-        format!("{e} (the snapshot is larger than any instance could start from)")
-    })?;
+    let (fd, stat) = untrusted::open_named(component_wasm).map_err(|e| e.to_string())?;
+    let generated = untrusted::read_to_end(fd, &stat, job.max_component_bytes, component_wasm)
+        .map_err(|e| format!("{e} (the snapshot is larger than any instance could start from)"))?;
     let _ = std::fs::remove_file(component_wasm);
     let mut warnings = Vec::new();
     let (component, merged_modules, mut memory_image) =
@@ -157,7 +155,7 @@ fn compile(job: &Job, component_wasm: &Path) -> Result<BuiltFacts, String> {
     })?;
     let artifact = component.serialize().map_err(|e| format!("{e:#}"))?;
     let write = |name: &str, bytes: &[u8]| {
-        crate::build::cache::private::write_file(&job.out_dir.join(name), bytes)
+        crate::host_fs::private::write_file(&job.out_dir.join(name), bytes)
             .map_err(|e| format!("writing {name}: {e}"))
     };
     write(ARTIFACT, &artifact)?;
@@ -181,7 +179,7 @@ fn immortalize(image: &mut [u8], report_dir: &Path, warnings: &mut Vec<String>) 
     // (two words per object; more objects than the image has room for
     // cannot be real).
     let max = image.len() as u64 / 2;
-    let listing = match untrusted_fs::read_file_in(report_dir, contract::SNAPSHOT_OBJECTS, max) {
+    let listing = match untrusted::read_file_in(report_dir, contract::SNAPSHOT_OBJECTS, max) {
         Ok(Some(listing)) => listing,
         Ok(None) => {
             warnings.push("no snapshot object listing; objects stay mortal".into());

@@ -21,7 +21,6 @@ mod report;
 pub(crate) mod stage;
 mod stdlib;
 pub(crate) mod supervise;
-pub(crate) mod untrusted_fs;
 pub(crate) mod worker;
 
 use std::os::fd::OwnedFd;
@@ -247,7 +246,7 @@ struct Laid<'a> {
 }
 
 fn private_dir(cache: &Cache, dir: &Path) -> Result<(), LoadError> {
-    cache::private::create_dir_all(dir)
+    crate::host_fs::private::create_dir_all(dir)
         .map(drop)
         .map_err(|e| cache.refuse(dir, e))
 }

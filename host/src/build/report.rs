@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use super::stage::HandlerSource;
-use super::untrusted_fs;
 pub(crate) use crate::contract::report::Report;
 use crate::contract::{self, mounts};
 use crate::error::LoadError;
 use crate::guest_text;
+use crate::host_fs::untrusted;
 
 /// Largest report the host reads; the glue bounds output and traceback
 /// to 64 KiB each.
@@ -21,7 +21,7 @@ const MAX_OUTPUT: usize = 64 << 10;
 
 /// The report in the framework mount `dir`, if the guest wrote one.
 pub(crate) fn read(dir: &Path) -> Result<Option<Report>, String> {
-    let Some(bytes) = untrusted_fs::read_file_in(dir, contract::BUILD_REPORT, MAX_REPORT_BYTES)
+    let Some(bytes) = untrusted::read_file_in(dir, contract::BUILD_REPORT, MAX_REPORT_BYTES)
         .map_err(|e| e.to_string())?
     else {
         return Ok(None);

@@ -3,7 +3,7 @@
 //!
 //! The tenant controls every byte of its handler directory and may change
 //! it while pycage reads it, so the tree is read through
-//! [`crate::build::untrusted_fs`]: every entry opened once relative to its parent's
+//! [`crate::host_fs::untrusted`]: every entry opened once relative to its parent's
 //! handle, never through a link, its type and size checked on the open
 //! handle, every read bounded. The files are read once into memory; the
 //! cache key is computed from those bytes and, on a cache miss, exactly
@@ -14,11 +14,11 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use super::untrusted_fs::{self, ReadError, Take, TreeLimits, TreeRules};
 use crate::contract::RESERVED_MODULES;
 use crate::error::LoadError;
+use crate::host_fs::untrusted::{self, ReadError, Take, TreeLimits, TreeRules};
 
-pub(crate) use super::untrusted_fs::TreeFile as StagedFile;
+pub(crate) use crate::host_fs::untrusted::TreeFile as StagedFile;
 
 /// Directory entries never copied into a sandbox image.
 const SKIPPED_DIRS: &[&str] = &[
@@ -106,7 +106,7 @@ impl HandlerSource {
             path: path.to_path_buf(),
             source,
         })?;
-        let (fd, stat) = untrusted_fs::open_named(&absolute).map_err(|e| match e {
+        let (fd, stat) = untrusted::open_named(&absolute).map_err(|e| match e {
             ReadError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 LoadError::NotFound {
                     path: path.to_path_buf(),
@@ -114,7 +114,7 @@ impl HandlerSource {
             }
             other => load_error(other),
         })?;
-        if untrusted_fs::file_type(&stat) == rustix::fs::FileType::RegularFile {
+        if untrusted::file_type(&stat) == rustix::fs::FileType::RegularFile {
             if absolute.extension().and_then(|e| e.to_str()) != Some("py") {
                 return Err(LoadError::NotAHandler {
                     path: path.to_path_buf(),
@@ -134,7 +134,7 @@ impl HandlerSource {
                     path: path.to_path_buf(),
                 });
             }
-            let contents = untrusted_fs::read_to_end(fd, &stat, MAX_TOTAL_BYTES, &absolute)
+            let contents = untrusted::read_to_end(fd, &stat, MAX_TOTAL_BYTES, &absolute)
                 .map_err(load_error)?;
             let name = absolute
                 .file_name()
@@ -287,7 +287,7 @@ pub(crate) fn read_tree(
         hard_links: tree.hard_links,
         filter: &|relative, is_dir| tree.take(relative, is_dir),
     };
-    let read = untrusted_fs::read_tree(root, &rules, shown_as).map_err(load_error)?;
+    let read = untrusted::read_tree(root, &rules, shown_as).map_err(load_error)?;
     Ok(Snapshot {
         files: read.files,
         skipped: read
@@ -301,8 +301,8 @@ pub(crate) fn read_tree(
 /// [`read_tree`] of the directory at `root`, which is opened without
 /// following a link in its last component.
 pub(crate) fn snapshot_tree(root: &Path, tree: &Tree) -> Result<Snapshot, LoadError> {
-    let (fd, stat) = untrusted_fs::open_named(root).map_err(load_error)?;
-    if untrusted_fs::file_type(&stat) != rustix::fs::FileType::Directory {
+    let (fd, stat) = untrusted::open_named(root).map_err(load_error)?;
+    if untrusted::file_type(&stat) != rustix::fs::FileType::Directory {
         return Err(LoadError::Io {
             path: root.to_path_buf(),
             source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
@@ -316,7 +316,7 @@ impl Snapshot {
     /// user whatever the umask.
     pub(crate) fn write_to(&self, dir: &Path) -> std::io::Result<()> {
         for file in &self.files {
-            crate::build::cache::private::write_file(&dir.join(&file.relative), &file.contents)?;
+            crate::host_fs::private::write_file(&dir.join(&file.relative), &file.contents)?;
         }
         Ok(())
     }

@@ -66,12 +66,10 @@ pub(crate) fn ensure(
         return Err(failed("the export produced nothing".into()));
     }
     let publish = scratch.path().join("publish");
-    crate::build::cache::private::create_dir_all(&publish)
-        .map_err(|e| cache.refuse(&publish, e))?;
+    crate::host_fs::private::create_dir_all(&publish).map_err(|e| cache.refuse(&publish, e))?;
     std::fs::rename(out.join("python"), publish.join("python")).map_err(|e| io(&out, e))?;
     // Made through WASI with the process umask: private, before it is used.
-    crate::build::cache::private::restrict_tree(&publish.join("python"))
-        .map_err(|e| io(&publish, e))?;
+    crate::host_fs::private::restrict_tree(&publish.join("python")).map_err(|e| io(&publish, e))?;
     let _ = std::fs::rename(
         out.join("export-report.txt"),
         publish.join("export-report.txt"),

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use super::untrusted_fs::{self, Measured};
+use crate::host_fs::untrusted::{self, Measured};
 use crate::limits::BuildLimits;
 
 /// Files and directories a watched directory may hold.
@@ -107,9 +107,9 @@ pub(crate) fn supervise(mut child: Child, limits: &BuildLimits, watched: &Path) 
             stopped = Some(Stop::Timeout(limits.timeout));
         } else if Instant::now() >= next_poll {
             let measuring = Instant::now();
-            match untrusted_fs::measure(watched, MAX_FILES, MAX_DEPTH) {
+            match untrusted::measure(watched, MAX_FILES, MAX_DEPTH) {
                 Measured::Bytes(bytes) if bytes > limits.disk_bytes => {
-                    stopped = Some(Stop::Disk(untrusted_fs::format_bytes(limits.disk_bytes)));
+                    stopped = Some(Stop::Disk(untrusted::format_bytes(limits.disk_bytes)));
                 }
                 Measured::Bytes(_) => {}
                 Measured::Unbounded(what) => stopped = Some(Stop::Disk(what.to_owned())),
@@ -132,7 +132,7 @@ pub(crate) fn supervise(mut child: Child, limits: &BuildLimits, watched: &Path) 
     // The kernel's own enforcement of the same limits.
     if stopped.is_none() {
         stopped = match status.signal() {
-            Some(libc::SIGXFSZ) => Some(Stop::Disk(untrusted_fs::format_bytes(limits.disk_bytes))),
+            Some(libc::SIGXFSZ) => Some(Stop::Disk(untrusted::format_bytes(limits.disk_bytes))),
             Some(libc::SIGXCPU) => Some(Stop::Timeout(limits.timeout)),
             _ => None,
         };

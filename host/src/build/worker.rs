@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use super::job::{self, Job, Outcome};
 use super::supervise::{self, Stop};
-use crate::build::untrusted_fs;
+use crate::host_fs::untrusted;
 pub use crate::limits::BuildLimits;
 
 /// The argument that makes the pycage binary a build worker.
@@ -181,7 +181,7 @@ fn in_child(
             crate::guest_text::one_line(ended.output.trim(), 4096)
         )));
     }
-    let outcome = untrusted_fs::read_file_in(&job.out_dir, job::OUTCOME, job::MAX_OUTCOME_BYTES)
+    let outcome = untrusted::read_file_in(&job.out_dir, job::OUTCOME, job::MAX_OUTCOME_BYTES)
         .map_err(|e| WorkerError::Crashed(e.to_string()))?
         .ok_or_else(|| WorkerError::Crashed("the build worker wrote no outcome".into()))?;
     let outcome: Outcome = serde_json::from_slice(&outcome)

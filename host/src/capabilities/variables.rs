@@ -43,9 +43,9 @@ impl VariablesGrant {
                     )
                 })?,
                 VariableSource::File(path) => {
-                    let bytes = crate::build::untrusted_fs::open_named(path)
+                    let bytes = crate::host_fs::untrusted::open_named(path)
                         .and_then(|(fd, stat)| {
-                            crate::build::untrusted_fs::read_to_end(fd, &stat, MAX_FILE_BYTES, path)
+                            crate::host_fs::untrusted::read_to_end(fd, &stat, MAX_FILE_BYTES, path)
                         })
                         .map_err(|e| format!("variable `{}`: {e}", spec.name))?;
                     let text = String::from_utf8(bytes).map_err(|_| {

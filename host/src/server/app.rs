@@ -16,11 +16,11 @@ use tracing::{info, warn};
 
 use super::metrics::Metrics;
 use super::tenant::{Tenant, TenantStatus};
-use super::tenants::{self, TenantRoutes};
 use crate::error::DispatchError;
 use crate::guest_text::escape_controls;
 use crate::http::{Request, Response};
 use crate::instance::Exchange;
+use crate::routing::{self as tenants, TenantRoutes};
 use crate::runtime::Runtime;
 
 pub(crate) type HttpResponse = hyper::Response<Full<Bytes>>;

@@ -17,7 +17,7 @@ mod listen;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 mod tenant;
-pub mod tenants;
+pub use crate::routing as tenants;
 
 #[cfg(feature = "runtime")]
 pub use running::{Server, runtime_config};

@@ -101,7 +101,7 @@ impl CodeCache {
 impl CacheStore for CodeCache {
     fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
         let path = self.entry(key);
-        let mut bytes = crate::build::untrusted_fs::read_file_in(
+        let mut bytes = crate::host_fs::untrusted::read_file_in(
             path.parent()?,
             path.file_name()?.to_str()?,
             MAX_ENTRY_BYTES,

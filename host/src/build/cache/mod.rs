@@ -23,19 +23,18 @@
 //! runs from it is authenticated under the owner's key (`seal`).
 
 pub(crate) mod code;
-pub(crate) mod private;
 pub(crate) mod seal;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use super::untrusted_fs::remove_tree;
 use crate::build::deps::{Layer, LayerContents};
 use crate::build::stage::Snapshot;
 use crate::contract::{self, framework};
 use crate::error::LoadError;
-use private::NotPrivate;
+use crate::host_fs::private::{self, NotPrivate};
+use crate::host_fs::untrusted::remove_tree;
 use seal::SealKey;
 
 /// Environment variable that overrides the cache location.
@@ -227,7 +226,7 @@ impl Cache {
 }
 
 /// A build directory: removed with everything in it when dropped, however
-/// deep or wide the tree the build left (see `untrusted_fs::remove_tree`).
+/// deep or wide the tree the build left (see `untrusted::remove_tree`).
 #[derive(Debug)]
 pub(crate) struct Scratch {
     path: PathBuf,

@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{Mode, OFlags, Stat};
 use serde::{Deserialize, Serialize};
 
-use super::private::{self, NotPrivate};
+use crate::host_fs::private::{self, NotPrivate};
 
 /// The key file's name in the cache root.
 const KEY_FILE: &str = "key";

@@ -217,6 +217,6 @@ fn install_layer(
     )
     .map_err(|e| cache.error(&record_path, e))?;
     // pip wrote with the host's umask: private before it is published.
-    crate::build::cache::private::restrict_tree(scratch.path()).map_err(|e| cache.error(dir, e))?;
+    crate::host_fs::private::restrict_tree(scratch.path()).map_err(|e| cache.error(dir, e))?;
     cache.publish(scratch.path(), dir)
 }

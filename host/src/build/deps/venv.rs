@@ -12,8 +12,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::build::stage::{self, Snapshot, Tree};
-use crate::build::untrusted_fs::{self, ReadError};
 use crate::error::LoadError;
+use crate::host_fs::untrusted::{self, ReadError};
 
 /// One tree of a virtualenv that is granted, by its real path.
 #[derive(Debug)]
@@ -53,12 +53,12 @@ fn site_packages(venv: &Path) -> Result<(PathBuf, OwnedFd), LoadError> {
         .ok()
         .filter(|p| p.is_dir())
         .ok_or_else(|| error("not a directory".into()))?;
-    let (root_fd, _) = untrusted_fs::open_named(&root).map_err(stage::load_error)?;
+    let (root_fd, _) = untrusted::open_named(&root).map_err(stage::load_error)?;
     if root.file_name().is_some_and(|n| n == "site-packages") {
         return Ok((root, root_fd));
     }
     let walk = |relative: &Path| -> Result<Option<OwnedFd>, LoadError> {
-        match untrusted_fs::open_dir_at(root_fd.as_fd(), relative, &root) {
+        match untrusted::open_dir_at(root_fd.as_fd(), relative, &root) {
             Ok(fd) => Ok(Some(fd)),
             Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 Ok(None)

@@ -63,9 +63,10 @@ impl RedisServer {
         Ok(connection)
     }
 
-    /// Run `op` on a connection, retrying once on a fresh one if the
-    /// connection broke.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, KvError>
+    /// Run `op` on a connection; if the connection broke, drop it and, for
+    /// an operation that may run twice (`Repeat::Safe`), retry once on a
+    /// fresh one.
+    async fn run<T, F, Fut>(&self, repeat: Repeat, op: F) -> Result<T, KvError>
     where
         F: Fn(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -79,11 +80,25 @@ impl RedisServer {
                     || error.is_unrecoverable_error() =>
             {
                 *self.connection.lock().await = None;
-                op(self.connection().await?).await.map_err(failed)
+                match repeat {
+                    Repeat::Safe => op(self.connection().await?).await.map_err(failed),
+                    Repeat::Never => Err(failed(error)),
+                }
             }
             Err(error) => Err(failed(error)),
         }
     }
+}
+
+/// Whether an operation may be sent again after its connection failed.
+/// A failure may come after Redis ran it (a response timeout), so an
+/// increment or a compare-and-swap sent twice could apply twice: those fail
+/// instead, and the guest sees the store unavailable.
+#[derive(Clone, Copy)]
+enum Repeat {
+    /// Reads, and writes whose second run changes nothing (set, delete).
+    Safe,
+    Never,
 }
 
 /// A URL without its credentials, for messages: everything between
@@ -234,14 +249,16 @@ fn answer(reply: (i64, Vec<u8>)) -> Result<Vec<u8>, KvError> {
 impl Backend for RedisBackend {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.server
-            .run(|mut c| async move { c.hget(&self.hash, key).await })
+            .run(Repeat::Safe, |mut c| async move {
+                c.hget(&self.hash, key).await
+            })
             .await
     }
 
     async fn set(&self, key: &str, value: &[u8], limits: &KvLimits) -> Result<(), KvError> {
         let reply = self
             .server
-            .run(|mut c| async move {
+            .run(Repeat::Safe, |mut c| async move {
                 self.invocation(&SET)
                     .arg(key)
                     .arg(value)
@@ -256,7 +273,7 @@ impl Backend for RedisBackend {
 
     async fn delete(&self, key: &str) -> Result<(), KvError> {
         self.server
-            .run(|mut c| async move {
+            .run(Repeat::Safe, |mut c| async move {
                 self.invocation(&DELETE)
                     .arg(key)
                     .invoke_async::<i64>(&mut c)
@@ -268,7 +285,9 @@ impl Backend for RedisBackend {
 
     async fn exists(&self, key: &str) -> Result<bool, KvError> {
         self.server
-            .run(|mut c| async move { c.hexists(&self.hash, key).await })
+            .run(Repeat::Safe, |mut c| async move {
+                c.hexists(&self.hash, key).await
+            })
             .await
     }
 
@@ -282,7 +301,7 @@ impl Backend for RedisBackend {
         let start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({c}"));
         let mut keys: Vec<String> = self
             .server
-            .run(|mut c| {
+            .run(Repeat::Safe, |mut c| {
                 let start = start.clone();
                 async move {
                     redis::cmd("ZRANGEBYLEX")
@@ -309,7 +328,7 @@ impl Backend for RedisBackend {
     async fn increment(&self, key: &str, delta: i64, limits: &KvLimits) -> Result<i64, KvError> {
         let reply = self
             .server
-            .run(|mut c| async move {
+            .run(Repeat::Never, |mut c| async move {
                 self.invocation(&INCREMENT)
                     .arg(key)
                     .arg(delta)
@@ -346,7 +365,7 @@ impl Backend for RedisBackend {
         };
         let reply: (i64, Vec<u8>) = self
             .server
-            .run(|mut c| async move {
+            .run(Repeat::Never, |mut c| async move {
                 self.invocation(&SWAP)
                     .arg(key)
                     .arg(present)

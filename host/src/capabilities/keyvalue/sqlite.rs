@@ -97,7 +97,7 @@ impl SqliteBackend {
     /// directory.
     pub(crate) fn open(file: &Path) -> Result<Self, String> {
         if let Some(dir) = file.parent() {
-            crate::build::cache::private::create_dir_all(dir)
+            crate::host_fs::private::create_dir_all(dir)
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         // Created private before SQLite opens it: its -wal and -shm files
