@@ -139,7 +139,7 @@ async fn count_to_1000(handlers: &[Handler], key: &str) {
 async fn sqlite_counter_is_exact_under_64_concurrent_requests() {
     let host = host(&[], &[]);
     let h = load(&host, &kv_options("counter", &["default"]));
-    count_to_1000(&[h.clone()], "hits").await;
+    count_to_1000(std::slice::from_ref(&h), "hits").await;
     still_serves(&h).await;
 }
 

@@ -60,7 +60,7 @@ pub fn start() -> Upstream {
     Upstream { addr }
 }
 
-fn query<'a>(request: &'a hyper::Request<hyper::body::Incoming>, name: &str) -> Option<String> {
+fn query(request: &hyper::Request<hyper::body::Incoming>, name: &str) -> Option<String> {
     let query = request.uri().query()?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
