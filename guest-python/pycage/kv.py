@@ -45,7 +45,8 @@ def _error(err, store):
     value = getattr(err, "value", err)
     if isinstance(value, kv_store.Error_NoSuchStore):
         return KeyValueError(
-            f"store {store!r} is not granted to this handler (key_value_stores in pycage.toml)"
+            f"store {store!r} is not granted to this handler "
+            "(key_value_stores in pycage.toml, --kv on the command line)"
         )
     if isinstance(value, kv_store.Error_AccessDenied):
         return KeyValueError(f"access to store {store!r} was denied")
