@@ -160,6 +160,28 @@ async fn a_build_that_floods_the_disk_is_stopped_at_its_limit() {
     still_building().await;
 }
 
+/// Files unlinked while kept open are in no tree the watch can measure,
+/// and each stays under the per-file limit: the filesystem's free space
+/// catches them.
+#[tokio::test]
+async fn a_build_that_floods_the_disk_with_unlinked_files_is_stopped() {
+    let started = Instant::now();
+    let (loaded, _dir) = build("unlinked_flood", strict());
+    match loaded {
+        Err(error @ LoadError::BuildLimit { .. }) => {
+            assert!(error.to_string().contains("disk limit"), "{error}")
+        }
+        Err(other) => panic!("expected the disk limit, got {other}"),
+        Ok(_) => panic!("an unlinked-file flood built"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
+    still_building().await;
+}
+
 /// A tree deeper than any recursive walk or descriptor limit stops the
 /// build (the host process survives it) and is removed with the build
 /// directory.

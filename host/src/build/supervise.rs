@@ -10,7 +10,9 @@
 //! - `supervise` reads its output into bounded buffers, kills the group at
 //!   the deadline, and measures the directory it writes to, killing the
 //!   group past the disk limit, the file-count limit, or at a tree too deep
-//!   or unreadable to measure.
+//!   or unreadable to measure. Files it unlinked but keeps open are in no
+//!   tree: the free space of the directory's filesystem is watched too,
+//!   and a fall of more than `FREE_SPACE_FACTOR` disk limits stops it.
 
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -30,6 +32,15 @@ const MAX_DEPTH: usize = 64;
 /// (a big tree) spaces the next ones out, so that watching costs the host
 /// at most a tenth of a core.
 const MIN_POLL: Duration = Duration::from_millis(200);
+/// Longest pause between two measurements, however slow the last one:
+/// the watch must not fall behind a child that writes fast.
+const MAX_POLL: Duration = Duration::from_secs(1);
+/// How many disk limits the filesystem's free space may fall by during a
+/// build before the build is stopped. The fall includes what other
+/// processes write meanwhile (other builds, other tenants' stores), hence
+/// the slack; what it catches is space no tree shows, held by files the
+/// child unlinked and keeps open, which `RLIMIT_FSIZE` bounds only per file.
+const FREE_SPACE_FACTOR: u64 = 2;
 /// What is kept of each of the child's output streams.
 const MAX_OUTPUT: usize = 64 << 10;
 
@@ -97,6 +108,7 @@ pub(crate) fn supervise(mut child: Child, limits: &BuildLimits, watched: &Path) 
     let stderr = child.stderr.take().map(drain);
     let mut next_poll = started;
     let mut stopped: Option<Stop> = None;
+    let free_at_start = free_bytes(watched);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -114,7 +126,12 @@ pub(crate) fn supervise(mut child: Child, limits: &BuildLimits, watched: &Path) 
                 Measured::Bytes(_) => {}
                 Measured::Unbounded(what) => stopped = Some(Stop::Disk(what.to_owned())),
             }
-            next_poll = Instant::now() + MIN_POLL.max(measuring.elapsed() * 10);
+            if let (Some(before), Some(now)) = (free_at_start, free_bytes(watched))
+                && before.saturating_sub(now) > limits.disk_bytes.saturating_mul(FREE_SPACE_FACTOR)
+            {
+                stopped = Some(Stop::Disk(untrusted::format_bytes(limits.disk_bytes)));
+            }
+            next_poll = Instant::now() + MIN_POLL.max(measuring.elapsed() * 10).min(MAX_POLL);
         }
         if stopped.is_some() {
             kill_group(&child);
@@ -142,6 +159,12 @@ pub(crate) fn supervise(mut child: Child, limits: &BuildLimits, watched: &Path) 
         output,
         stopped,
     }
+}
+
+/// The bytes free to unprivileged users on `path`'s filesystem.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Whether a child's output says it ran out of memory (Rust's allocation
