@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::backend::{Backend, KvError, parse_integer};
 use crate::limits::KvLimits;
@@ -100,19 +100,39 @@ impl SqliteBackend {
             crate::host_fs::private::create_dir_all(dir)
                 .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        // Created private before SQLite opens it: its -wal and -shm files
-        // take the database's permissions.
+        // Created private before SQLite opens it (its -wal and -shm files
+        // take the database's permissions), and checked on the open handle:
+        // a file that is not ours, open to others or not a regular file (a
+        // FIFO would block here without O_NONBLOCK) is refused.
         {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
+            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+            let handle = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
                 .open(file)
                 .map_err(|e| format!("{}: {e}", file.display()))?;
+            let meta = handle
+                .metadata()
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 {
+                return Err(format!(
+                    "{}: not a private regular file of this user (mode {:o}, owner {})",
+                    file.display(),
+                    meta.mode() & 0o7777,
+                    meta.uid()
+                ));
+            }
         }
-        let connection = Connection::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        // SQLite opens the path again: never through a link.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let connection = Connection::open_with_flags(file, flags)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
             .and_then(|()| {
@@ -263,6 +283,30 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn a_database_that_is_a_link_a_fifo_or_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let kv = dir.path().join("kv");
+        std::fs::create_dir(&kv).unwrap();
+        std::fs::set_permissions(&kv, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let elsewhere = dir.path().join("elsewhere.sqlite");
+        std::fs::write(&elsewhere, b"").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, kv.join("link.sqlite")).unwrap();
+        assert!(SqliteBackend::open(&kv.join("link.sqlite")).is_err());
+        let fifo = kv.join("fifo.sqlite");
+        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        // Refused without blocking (no reader: ENXIO; with one: not a file).
+        assert!(SqliteBackend::open(&fifo).is_err());
+        let open = kv.join("open.sqlite");
+        std::fs::write(&open, b"").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(SqliteBackend::open(&open).is_err());
+        assert!(SqliteBackend::open(&kv.join("fine.sqlite")).is_ok());
     }
 
     #[test]
