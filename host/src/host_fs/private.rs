@@ -115,6 +115,21 @@ pub(crate) fn open_file(parent: impl AsFd, name: &str) -> Result<(OwnedFd, Stat)
     Ok((fd, stat))
 }
 
+/// As [`open_file`], and refused if anyone else may read it either: for
+/// files that hold a secret or a tenant's data.
+pub(crate) fn open_secret_file(
+    parent: impl AsFd,
+    name: &str,
+) -> Result<(OwnedFd, Stat), NotPrivate> {
+    let (fd, stat) = open_file(parent, name)?;
+    if stat.st_mode & 0o077 != 0 {
+        return Err(NotPrivate::Readable {
+            mode: stat.st_mode & 0o7777,
+        });
+    }
+    Ok((fd, stat))
+}
+
 /// Create the directory `path` and any missing parents, the new ones
 /// private (0700); then open and check the last one, which may have
 /// existed already.

@@ -38,13 +38,8 @@ impl SealKey {
     /// The key of the cache whose (checked) root is `root`: read, or made
     /// on first use. The file must be private and exactly 32 bytes.
     pub(crate) fn load_or_create(root: &OwnedFd) -> Result<Self, NotPrivate> {
-        match private::open_file(root, KEY_FILE) {
-            Ok((fd, stat)) => {
-                if stat.st_mode & 0o077 != 0 {
-                    return Err(NotPrivate::Readable {
-                        mode: stat.st_mode & 0o7777,
-                    });
-                }
+        match private::open_secret_file(root, KEY_FILE) {
+            Ok((fd, _)) => {
                 let mut key = [0u8; KEY_LEN];
                 let mut file = std::fs::File::from(fd);
                 file.read_exact(&mut key)?;

@@ -17,8 +17,10 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rustix::fs::{Mode, OFlags};
 
-use super::backend::{Backend, KvError, parse_integer};
+use super::backend::{Backend, KvError, page_of, parse_integer};
+use crate::host_fs::private;
 use crate::limits::KvLimits;
 
 pub(crate) struct SqliteBackend {
@@ -96,37 +98,24 @@ impl SqliteBackend {
     /// Open (creating if needed) the database at `file`, in a private
     /// directory.
     pub(crate) fn open(file: &Path) -> Result<Self, String> {
-        if let Some(dir) = file.parent() {
-            crate::host_fs::private::create_dir_all(dir)
-                .map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
+        let shown = |e: &dyn std::fmt::Display| format!("{}: {e}", file.display());
+        let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(shown(&"not a file name"));
+        };
+        let dir = private::create_dir_all(dir).map_err(|e| shown(&e))?;
         // Created private before SQLite opens it (its -wal and -shm files
-        // take the database's permissions), and checked on the open handle:
-        // a file that is not ours, open to others or not a regular file (a
-        // FIFO would block here without O_NONBLOCK) is refused.
-        {
-            use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-            let handle = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(file)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-            let meta = handle
-                .metadata()
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-            // SAFETY: geteuid has no preconditions.
-            let me = unsafe { libc::geteuid() };
-            if !meta.file_type().is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 {
-                return Err(format!(
-                    "{}: not a private regular file of this user (mode {:o}, owner {})",
-                    file.display(),
-                    meta.mode() & 0o7777,
-                    meta.uid()
-                ));
-            }
-        }
+        // take the database's permissions). A failure here (a link, a FIFO)
+        // is named by the check that follows, on the handle it opens: a
+        // file that is not a regular one, not ours, or open to others is
+        // refused.
+        let _created = rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        );
+        private::open_secret_file(&dir, name).map_err(|e| shown(&e))?;
         // SQLite opens the path again: never through a link.
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -222,18 +211,12 @@ impl Backend for SqliteBackend {
                     "SELECT key FROM kv WHERE ?1 IS NULL OR key > ?1 ORDER BY key LIMIT ?2",
                 )
                 .map_err(failed)?;
-            let mut keys: Vec<String> = statement
+            let keys: Vec<String> = statement
                 .query_map(params![cursor, page as i64 + 1], |row| row.get(0))
                 .map_err(failed)?
                 .collect::<Result<_, _>>()
                 .map_err(failed)?;
-            let next = if keys.len() > page {
-                keys.truncate(page);
-                keys.last().cloned()
-            } else {
-                None
-            };
-            Ok((keys, next))
+            Ok(page_of(keys, page))
         })
     }
 
