@@ -57,6 +57,19 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<Result<(), Option<Vec<u8>>>, KvError>;
 }
 
+/// A page of `list_keys` from up to `page + 1` keys in key order (one more
+/// than a page, to learn whether another follows): the first `page`, and
+/// the cursor of the next page, which is the last key of this one.
+pub(crate) fn page_of(mut keys: Vec<String>, page: usize) -> (Vec<String>, Option<String>) {
+    if keys.len() > page {
+        keys.truncate(page);
+        let next = keys.last().cloned();
+        (keys, next)
+    } else {
+        (keys, None)
+    }
+}
+
 /// The integer an increment starts from, from a stored value.
 pub(crate) fn parse_integer(value: Option<&[u8]>) -> Result<i64, KvError> {
     match value {

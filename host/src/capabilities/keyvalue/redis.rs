@@ -16,7 +16,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, Script};
 use tokio::sync::Mutex;
 
-use super::backend::{Backend, KvError};
+use super::backend::{Backend, KvError, page_of};
 use crate::limits::KvLimits;
 
 /// One Redis server, shared by every store configured with its URL.
@@ -299,7 +299,7 @@ impl Backend for RedisBackend {
         // Exclusive of the cursor, the last key of the previous page: pages
         // in key order, as the SQLite backend's.
         let start = cursor.map_or_else(|| "-".to_owned(), |c| format!("({c}"));
-        let mut keys: Vec<String> = self
+        let keys: Vec<String> = self
             .server
             .run(Repeat::Safe, |mut c| {
                 let start = start.clone();
@@ -316,13 +316,7 @@ impl Backend for RedisBackend {
                 }
             })
             .await?;
-        let next = if keys.len() > page {
-            keys.truncate(page);
-            keys.last().cloned()
-        } else {
-            None
-        };
-        Ok((keys, next))
+        Ok(page_of(keys, page))
     }
 
     async fn increment(&self, key: &str, delta: i64, limits: &KvLimits) -> Result<i64, KvError> {
