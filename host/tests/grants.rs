@@ -225,49 +225,15 @@ async fn every_operation(h: &Handler) {
         &Value::Null
     );
 
-    let cas = |expected: Value, new: &str| {
-        serde_json::json!({"expected": expected, "new": new}).to_string()
+    // Compare-and-swap of key c: whether it was set.
+    let cas = async |expected: Value, new: &str| {
+        let body = serde_json::json!({"expected": expected, "new": new}).to_string();
+        value(&probe(h, "POST", "/cas/default/c", body.as_bytes()).await).clone()
     };
-    assert_eq!(
-        value(
-            &probe(
-                h,
-                "POST",
-                "/cas/default/c",
-                cas(Value::Null, "x").as_bytes()
-            )
-            .await
-        ),
-        true
-    );
-    assert_eq!(
-        value(
-            &probe(
-                h,
-                "POST",
-                "/cas/default/c",
-                cas(Value::Null, "y").as_bytes()
-            )
-            .await
-        ),
-        false
-    );
-    assert_eq!(
-        value(
-            &probe(
-                h,
-                "POST",
-                "/cas/default/c",
-                cas("wrong".into(), "y").as_bytes()
-            )
-            .await
-        ),
-        false
-    );
-    assert_eq!(
-        value(&probe(h, "POST", "/cas/default/c", cas("x".into(), "z").as_bytes()).await),
-        true
-    );
+    assert_eq!(cas(Value::Null, "x").await, true);
+    assert_eq!(cas(Value::Null, "y").await, false);
+    assert_eq!(cas("wrong".into(), "y").await, false);
+    assert_eq!(cas("x".into(), "z").await, true);
     assert_eq!(value(&probe(h, "GET", "/kv/default/c", b"").await), "z");
 
     let not_a_number = refusal(&probe(h, "POST", "/incr/default/c", b"").await);

@@ -20,7 +20,7 @@ use crate::error::DispatchError;
 use crate::guest_text::escape_controls;
 use crate::http::{Request, Response};
 use crate::instance::Exchange;
-use crate::routing::{self as tenants, TenantRoutes};
+use crate::routing::{self, TenantRoutes};
 use crate::runtime::Runtime;
 
 pub(crate) type HttpResponse = hyper::Response<Full<Bytes>>;
@@ -95,15 +95,15 @@ impl App {
             .iter()
             .map(HeaderValue::as_bytes)
             .collect();
-        let bad = |e: tenants::BadTarget| (StatusCode::BAD_REQUEST, e.to_string());
+        let bad = |e: routing::BadTarget| (StatusCode::BAD_REQUEST, e.to_string());
         let http11 = request.version() != Version::HTTP_10 && request.version() != Version::HTTP_09;
-        let host = tenants::host_of(
+        let host = routing::host_of(
             request.uri().authority().map(|a| a.as_str()),
             &host_headers,
             http11,
         )
         .map_err(bad)?;
-        let path = tenants::normalize_path(request.uri().path()).map_err(bad)?;
+        let path = routing::normalize_path(request.uri().path()).map_err(bad)?;
         let (index, tenant_path) = self.routes.select(host.as_deref(), &path).ok_or_else(|| {
             (
                 StatusCode::NOT_FOUND,

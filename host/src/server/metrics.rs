@@ -64,7 +64,7 @@ impl Metrics {
         );
         registry.register(
             "kv_operations",
-            "Key-value operations requests made, by tenant",
+            "Key-value operations made by requests, by tenant",
             kv_operations.clone(),
         );
         registry.register(
