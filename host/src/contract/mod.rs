@@ -7,6 +7,7 @@
 
 pub(crate) mod engine;
 pub(crate) mod framework;
+pub(crate) mod guest_http;
 pub(crate) mod report;
 pub(crate) mod wit;
 

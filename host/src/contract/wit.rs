@@ -63,8 +63,8 @@ pub struct CasRep {
     pub observed: Option<Vec<u8>>,
 }
 
-/// Every WIT file, by its path under `wit/`: written out for componentize-py
-/// and hashed into cache keys.
+/// Every WIT file, by its path under `wit/`, as vendored; a handler's build
+/// writes out (and its cache key hashes) `guest_files`.
 pub(crate) const WIT_FILES: &[(&str, &str)] = &[
     (
         "deps/cli-0.2.0/command.wit",
@@ -228,9 +228,17 @@ pub(crate) const WIT_FILES: &[(&str, &str)] = &[
 pub const WIT_INTERFACE: &str = "pycage:handler/handler";
 pub const WIT_VERSION: &str = "0.2.0";
 
-/// Write every WIT file below `dir`.
+/// Every WIT file as a handler image is built with: `WIT_FILES`, with
+/// `wasi:http` cut to what the guest uses (see `guest_http`).
+pub(crate) fn guest_files() -> impl Iterator<Item = (&'static str, String)> {
+    WIT_FILES
+        .iter()
+        .map(|(relative, text)| (*relative, super::guest_http::guest_version(relative, text)))
+}
+
+/// Write every WIT file of the guest's world below `dir`.
 pub(crate) fn write_to(dir: &std::path::Path) -> std::io::Result<()> {
-    for (relative, text) in WIT_FILES {
+    for (relative, text) in guest_files() {
         let path = dir.join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

@@ -327,7 +327,7 @@ pub(crate) fn layer_key(requirements: &[String]) -> String {
 /// entry module, every staged file (path and contents) and every layer.
 pub(crate) fn handler_key(entry_module: &str, snapshot: &Snapshot, layers: &[Layer]) -> String {
     let mut h = hasher();
-    for (name, text) in crate::contract::wit::WIT_FILES {
+    for (name, text) in crate::contract::wit::guest_files() {
         field(&mut h, name.as_bytes());
         field(&mut h, text.as_bytes());
     }
