@@ -103,18 +103,30 @@ async fn sockets_and_name_lookups_are_refused() {
 
 /// Every instance starts from the same snapshot, so `random` must be
 /// reseeded in each one: otherwise every request would draw the same
-/// numbers. An explicit seed must still reproduce CPython's sequence.
+/// numbers. The seed is taken on first use (see the glue's
+/// `install_fresh_seed`), so every way in must see it: the module's
+/// functions, names bound at import time, `getstate`. An explicit seed
+/// must still reproduce CPython's sequence, through either name.
 #[tokio::test]
 async fn randomness_is_fresh_in_every_instance() {
     let h = handler("capability");
-    let mut fresh = std::collections::HashSet::new();
-    let mut secrets = std::collections::HashSet::new();
+    let mut seen = std::collections::HashMap::<&str, std::collections::HashSet<String>>::new();
     for _ in 0..4 {
         let body = json(ok(&get(&h, "/random").await));
-        fresh.insert(body["fresh"].as_u64().expect("an integer"));
-        secrets.insert(body["secret"].as_str().expect("hex").to_owned());
+        for key in ["fresh", "imported", "state", "reseeded", "secret"] {
+            seen.entry(key).or_default().insert(body[key].to_string());
+        }
         assert_eq!(body["seeded"], 0.6394267984578837, "random.seed(42)");
+        assert_eq!(
+            body["seeded_via_import"], 0.025010755222666936,
+            "the 2nd number after random.seed(42), through `from random import random`"
+        );
     }
-    assert_eq!(fresh.len(), 4, "random drew the same numbers twice");
-    assert_eq!(secrets.len(), 4, "os.urandom repeated itself");
+    for (key, values) in &seen {
+        assert_eq!(
+            values.len(),
+            4,
+            "{key} repeated across instances: {values:?}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 """Shaping the interpreter state the snapshot keeps, at build time.
 
-- `install_fresh_seed` makes each instance's reseed of `random` cheap;
+- `install_fresh_seed` reseeds `random` per instance, on first use;
 - `prepare` (last) lists every live object for the host to make immortal
   in the memory image (host/src/build/immortal.rs), takes every free heap
   block so that requests allocate from the heap's top, and freezes the
@@ -13,27 +13,71 @@ import sys
 import pycage_build_config as config
 
 def install_fresh_seed():
-    """Make the per-instance reseed of `random` cheap.
+    """Give every instance its own `random` state, and pay for it only in
+    the requests that use `random`.
 
     componentize-py's runtime calls `random.seed()` once in every new
     instance, before the first export call, so that instances do not share
     the state baked into the snapshot. It looks `random.seed` up after this
-    module is imported, so it calls this wrapper. CPython's own seed() with
-    no argument reads 2,496 bytes from the OS (ten host calls here); 32
-    bytes from the same CSPRNG seed MT19937 just as unpredictably. An
-    explicit seed, `random.seed(x)`, behaves exactly as before.
+    module is imported, so it calls the wrapper below, which only marks the
+    module-level generator as due for a fresh seed. The seed happens on the
+    generator's first use in that instance: `random.random()`,
+    `random.choice()`, `random.getstate()`... are wrapped to seed first
+    (32 bytes from the OS's CSPRNG seed MT19937 as unpredictably as
+    CPython's own 2,496), then put back, so later calls cost nothing extra.
+    Seeding MT19937 is ~3 µs of wasm, most requests never draw a number.
+    An explicit `random.seed(x)` seeds at once, exactly as before.
+
+    Installed before the handler is imported, so that `from random import
+    choice` in handler code gets the wrapper too.
     """
     import random
 
-    seed = random.seed
+    generator = random._inst
+    seed = generator.seed
+    # The module's functions are the generator's bound methods.
+    methods = {
+        name: value
+        for name, value in vars(random).items()
+        if getattr(value, "__self__", None) is generator and name != "seed"
+    }
+    due = [False]
+
+    def reseed():
+        due[0] = False
+        seed(int.from_bytes(os.urandom(32), "little"))
+        for name, method in methods.items():
+            setattr(random, name, method)
+
+    def lazy(name, method):
+        def call(*args, **kwargs):
+            if due[0]:
+                reseed()
+            return method(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = name
+        call.__doc__ = method.__doc__
+        call.__wrapped__ = method
+        return call
+
+    wrappers = {name: lazy(name, method) for name, method in methods.items()}
 
     def fresh_seed(a=None, version=2):
         if a is None:
-            a = int.from_bytes(os.urandom(32), "little")
+            # Wrappers are in place whenever a seed is due: an instance
+            # whose snapshot is due (see `prepare`) writes nothing here.
+            if not due[0]:
+                due[0] = True
+                for name, wrapper in wrappers.items():
+                    setattr(random, name, wrapper)
+            return None
+        due[0] = False
         return seed(a, version)
 
     fresh_seed.__doc__ = seed.__doc__
     random.seed = fresh_seed
+    # Due from the start, too: the snapshot's state is every instance's.
+    fresh_seed()
 
 
 def _list_snapshot_objects():
@@ -117,8 +161,15 @@ def _fill_free_memory(highest):
 
 
 def prepare():
-    """The last build step: immortal objects, no free blocks, frozen GC."""
+    """The last build step: `random` due for a seed, immortal objects, no
+    free blocks, frozen GC."""
     import gc
+    import random
+
+    # If the handler's import or the warm-up drew numbers, the generator
+    # was seeded in the snapshot; mark it due again, so that instances
+    # start with nothing to write at the runtime's `random.seed()`.
+    random.seed()
 
     kept = _list_snapshot_objects()
     filled = _fill_free_memory(max(map(id, kept), default=0))
