@@ -12,25 +12,35 @@ import sys
 
 import pycage_build_config as config
 
+# Set by `install_fresh_seed`: marks `random`'s generator due for a fresh
+# seed, and ends the build's special case (see there). Called by `prepare`.
+_random_due = None
+
+
 def install_fresh_seed():
     """Give every instance its own `random` state, and pay for it only in
     the requests that use `random`.
 
     componentize-py's runtime calls `random.seed()` once in every new
     instance, before the first export call, so that instances do not share
-    the state baked into the snapshot. It looks `random.seed` up after this
-    module is imported, so it calls the wrapper below, which only marks the
-    module-level generator as due for a fresh seed. The seed happens on the
-    generator's first use in that instance: `random.random()`,
-    `random.choice()`, `random.getstate()`... are wrapped to seed first
-    (32 bytes from the OS's CSPRNG seed MT19937 as unpredictably as
-    CPython's own 2,496), then put back, so later calls cost nothing extra.
-    Seeding MT19937 is ~3 µs of wasm, most requests never draw a number.
-    An explicit `random.seed(x)` seeds at once, exactly as before.
+    the state baked into the snapshot. Seeding MT19937 is ~3 µs of wasm
+    plus an OS read, and most requests never draw a number. So the
+    snapshot holds the generator *due* for a seed, with the module's
+    functions (`random.random`, `choice`, `getstate`, ...) replaced by
+    wrappers that seed first (32 bytes from the OS's CSPRNG seed MT19937 as
+    unpredictably as CPython's own 2,496) and then put the bound methods
+    back, so later calls cost nothing extra. The runtime's `random.seed()`
+    finds the seed already due and does nothing.
 
-    Installed before the handler is imported, so that `from random import
-    choice` in handler code gets the wrapper too.
+    Installed before the handler is imported, and the wrappers stay in
+    place for the whole build even when something draws a number: a name
+    bound during the build (`from random import choice`) must be a
+    wrapper, or it would draw from the snapshot's state in every instance.
+    A name the handler replaced (a monkeypatch) is left alone. An explicit
+    `random.seed(x)` seeds at once, exactly as before, and so does
+    `random.seed()` when no seed is due.
     """
+    global _random_due
     import random
 
     generator = random._inst
@@ -41,17 +51,23 @@ def install_fresh_seed():
         for name, value in vars(random).items()
         if getattr(value, "__self__", None) is generator and name != "seed"
     }
-    due = [False]
+    state = {"due": False, "building": True}
+
+    def swap(old, new):
+        module = vars(random)
+        for name in methods:
+            if module.get(name) is old[name]:
+                module[name] = new[name]
 
     def reseed():
-        due[0] = False
+        state["due"] = False
         seed(int.from_bytes(os.urandom(32), "little"))
-        for name, method in methods.items():
-            setattr(random, name, method)
+        if not state["building"]:
+            swap(wrappers, methods)
 
     def lazy(name, method):
         def call(*args, **kwargs):
-            if due[0]:
+            if state["due"]:
                 reseed()
             return method(*args, **kwargs)
 
@@ -62,22 +78,26 @@ def install_fresh_seed():
 
     wrappers = {name: lazy(name, method) for name, method in methods.items()}
 
+    def mark_due(end_of_build=False):
+        if end_of_build:
+            state["building"] = False
+        if not state["due"]:
+            state["due"] = True
+            swap(methods, wrappers)
+
     def fresh_seed(a=None, version=2):
         if a is None:
-            # Wrappers are in place whenever a seed is due: an instance
-            # whose snapshot is due (see `prepare`) writes nothing here.
-            if not due[0]:
-                due[0] = True
-                for name, wrapper in wrappers.items():
-                    setattr(random, name, wrapper)
+            if not state["due"]:
+                reseed()
             return None
-        due[0] = False
+        state["due"] = False
         return seed(a, version)
 
     fresh_seed.__doc__ = seed.__doc__
     random.seed = fresh_seed
-    # Due from the start, too: the snapshot's state is every instance's.
-    fresh_seed()
+    swap(methods, wrappers)
+    mark_due()
+    _random_due = mark_due
 
 
 def _list_snapshot_objects():
@@ -164,12 +184,11 @@ def prepare():
     """The last build step: `random` due for a seed, immortal objects, no
     free blocks, frozen GC."""
     import gc
-    import random
 
     # If the handler's import or the warm-up drew numbers, the generator
-    # was seeded in the snapshot; mark it due again, so that instances
-    # start with nothing to write at the runtime's `random.seed()`.
-    random.seed()
+    # was seeded in the snapshot: due again, so that every instance seeds
+    # its own and the runtime's `random.seed()` has nothing to write.
+    _random_due(end_of_build=True)
 
     kept = _list_snapshot_objects()
     filled = _fill_free_memory(max(map(id, kept), default=0))
