@@ -23,7 +23,8 @@ __all__ = ["Handler"]
 # objects (last: everything above allocates). Every request's instance
 # starts with the capabilities available.
 snapshot.install_fresh_seed()
-exports.ROUTES = exports.wit_routes(load.load())
-warm.warm()
+routes = load.load()
+exports.ROUTES = exports.wit_routes(routes)
+warm.warm(routes)
 _capabilities.enable()
 _SNAPSHOT = snapshot.prepare()

@@ -19,13 +19,13 @@ host is visible.
 
 from . import config, kv
 from ._capabilities import CapabilityError
-from ._fetch import FetchError, FetchResponse, fetch
+from ._fetch import FetchError, FetchResponse, fetch, fetch_async
 from ._http import Headers, HTTPError, QueryParams, Request, Response
 from ._router import RouteError, route
 
 __all__ = [
     "route", "Request", "Response", "Headers", "QueryParams", "HTTPError", "RouteError",
-    "kv", "config", "fetch", "FetchResponse", "FetchError", "CapabilityError",
+    "kv", "config", "fetch", "fetch_async", "FetchResponse", "FetchError", "CapabilityError",
 ]
 __version__ = "0.1.0"
 

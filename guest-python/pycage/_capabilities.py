@@ -39,6 +39,7 @@ def enable():
         io_streams,
         kv_atomics,
         kv_store,
+        monotonic_clock,
         outgoing_handler,
     )
 

@@ -13,8 +13,11 @@ or too many bytes raise `FetchError` with the reason. Redirects are
 followed (at most `max_redirects`), each one checked by the host again, so
 a redirect to a host that is not allowed fails rather than being followed.
 
-`fetch` blocks until the response is read; it is built on `wasi:io`
-pollables, so an `async` variant can share everything below `_send`.
+`fetch` blocks until the response is read; `await fetch_async(...)` (same
+arguments) waits in the event loop instead, so that several requests run
+at once (`asyncio.gather`) and `asyncio.wait_for` can give up on one. Both
+run the same steps (`_steps`), a generator that yields each `wasi:io`
+pollable it must wait for: `fetch` blocks on it, `fetch_async` awaits it.
 """
 
 import json as _json
@@ -23,7 +26,7 @@ from urllib.parse import urljoin, urlsplit
 from . import _capabilities
 from ._http import Headers
 
-__all__ = ["fetch", "FetchError", "FetchResponse"]
+__all__ = ["fetch", "fetch_async", "FetchError", "FetchResponse"]
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 # The most a single write to a wasi:io output stream may carry.
@@ -79,6 +82,45 @@ def fetch(url, *, method="GET", headers=None, body=None, json=None, timeout=None
     request's own deadline bounds everything in any case.
     """
     _capabilities.require("outbound HTTP")
+    steps = _steps(url, method, headers, body, json, timeout, allow_redirects, max_redirects)
+    try:
+        pollable = next(steps)
+        while True:
+            with pollable:
+                pollable.block()
+            pollable = steps.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+async def fetch_async(url, *, method="GET", headers=None, body=None, json=None, timeout=None,
+                      allow_redirects=True, max_redirects=5):
+    """`fetch`, awaited: the event loop runs other tasks while this one waits
+    for the network. Cancelling it (`asyncio.wait_for`, a task's `cancel()`)
+    drops the request."""
+    from . import _aio
+
+    _capabilities.require("outbound HTTP")
+    steps = _steps(url, method, headers, body, json, timeout, allow_redirects, max_redirects)
+    try:
+        pollable = next(steps)
+        while True:
+            try:
+                await _aio.wait_ready(pollable)
+            except BaseException:
+                # Cancelled: the pollable goes first, then the resources it
+                # was made from (a parent dropped before its child traps).
+                _aio.forget(pollable)
+                steps.close()
+                raise
+            pollable = steps.send(None)
+    except StopIteration as done:
+        return done.value
+
+
+def _steps(url, method, headers, body, json, timeout, allow_redirects, max_redirects):
+    """Everything `fetch` does; yields each pollable to wait for and returns
+    the response."""
     if json is not None:
         if body is not None:
             raise TypeError("give body or json, not both")
@@ -92,7 +134,7 @@ def fetch(url, *, method="GET", headers=None, body=None, json=None, timeout=None
     pairs = _header_pairs(headers)
     method = method.upper()
     for _ in range(max_redirects + 1):
-        response = _send(method, url, pairs, None if body is None else bytes(body), timeout)
+        response = yield from _send(method, url, pairs, None if body is None else bytes(body), timeout)
         location = response.headers.get("location")
         if not (allow_redirects and response.status in _REDIRECTS and location):
             return response
@@ -214,18 +256,15 @@ def _send(method, url, pairs, body, timeout):
         raise _error(err.value, url) from None
     # The body after `handle`: the host sends it as it is written, so a
     # body bigger than the host's buffer cannot stall before the request.
-    if body:
-        with outgoing.write() as stream:
-            for start in range(0, len(body), _WRITE_CHUNK):
-                try:
-                    stream.blocking_write_and_flush(body[start:start + _WRITE_CHUNK])
-                except Err as err:
-                    future.__exit__(None, None, None)
-                    raise FetchError(f"{url}: sending the body failed: {_failure(err.value)}") from None
-    http_types.OutgoingBody.finish(outgoing, None)
     with future:
-        with future.subscribe() as ready:
-            ready.block()
+        if body:
+            with outgoing.write() as stream:
+                try:
+                    yield from _write_all(stream, body)
+                except Err as err:
+                    raise FetchError(f"{url}: sending the body failed: {_failure(err.value)}") from None
+        http_types.OutgoingBody.finish(outgoing, None)
+        yield future.subscribe()
         result = future.get()
     if result is None:
         raise FetchError(f"{url}: no response")
@@ -242,13 +281,44 @@ def _send(method, url, pairs, body, timeout):
         with incoming.stream() as stream:
             while True:
                 try:
-                    chunks.append(stream.blocking_read(_READ_CHUNK))
+                    chunk = stream.read(_READ_CHUNK)
                 except Err as err:
                     if isinstance(err.value, io_streams.StreamError_Closed):
                         break
                     raise FetchError(f"{url}: reading the response failed: {_failure(err.value)}") from None
+                if chunk:
+                    chunks.append(chunk)
+                else:
+                    yield stream.subscribe()
         http_types.IncomingBody.finish(incoming)
     return FetchResponse(status, headers, b"".join(chunks), url)
+
+
+def _write_all(stream, data):
+    """Write `data` to a wasi:io output stream as it accepts it, then flush;
+    yields a pollable whenever the stream is full."""
+    from componentize_py_types import Err
+    from wit_world.imports import io_streams
+
+    offset = 0
+    while offset < len(data):
+        room = stream.check_write()
+        if room == 0:
+            yield stream.subscribe()
+            continue
+        chunk = data[offset:offset + min(room, _WRITE_CHUNK)]
+        stream.write(chunk)
+        offset += len(chunk)
+    try:
+        stream.flush()
+        while stream.check_write() == 0:
+            yield stream.subscribe()
+    except Err as err:
+        # Every byte is written: the host may already have sent them all
+        # (the declared length) and closed the stream. A failure to send
+        # them is the response's error, reported by `future.get`.
+        if not isinstance(err.value, io_streams.StreamError_Closed):
+            raise
 
 
 def _failure(stream_error):

@@ -4,11 +4,13 @@ No exception may escape an export (it would abort the instance), so every
 path below ends in a WIT value.
 """
 
+import inspect
+
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import handler as wit
 
-from pycage import _router
+from pycage import _aio, _router
 from pycage._convert import to_wire
 from pycage._http import Headers, HTTPError, Request
 
@@ -36,6 +38,9 @@ def call(request):
     req.path_params = params
     try:
         result = route.func(req, **params) if route.wants_request else route.func(**params)
+        if inspect.isawaitable(result):
+            # An `async def` handler: run it on a fresh event loop.
+            result = _aio.run(result)
     except HTTPError as exc:
         result = exc.to_response()
     return response(request.method, result)

@@ -5,6 +5,8 @@ interpreter has specialised, instead of every request's fresh instance
 doing it again.
 """
 
+import inspect
+
 from componentize_py_types import Err
 from wit_world.exports import handler as wit
 
@@ -42,6 +44,39 @@ def _once(handler):
     exports.response("HEAD", "text")
 
 
-def warm():
+def warm(routes):
     for _ in range(RUNS):
         _once(exports.Handler())
+    if _uses_async(routes):
+        _warm_async()
+
+
+def _uses_async(routes):
+    """Whether the handler awaits anything: an `async def` route, or asyncio
+    imported by its modules. Only then is asyncio (~40 modules) put in the
+    snapshot, with pycage's event loop installed."""
+    import sys
+
+    return "asyncio" in sys.modules or any(
+        inspect.iscoroutinefunction(r.func)
+        or inspect.iscoroutinefunction(getattr(r.func, "__call__", None))
+        for r in routes
+    )
+
+
+def _warm_async():
+    """Install the event loop and run what an async request does on it."""
+    import asyncio
+
+    from pycage import _aio
+
+    async def sample():
+        await asyncio.sleep(0)
+        await asyncio.gather(asyncio.sleep(0), asyncio.sleep(0))
+        await asyncio.wait_for(asyncio.sleep(0), timeout=1)
+        async with asyncio.timeout(1):
+            await asyncio.sleep(0)
+        return {"ok": True}
+
+    for _ in range(RUNS):
+        exports.response("GET", _aio.run(sample()))

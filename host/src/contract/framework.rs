@@ -35,6 +35,10 @@ pub(crate) const FRAMEWORK_FILES: &[(&str, &str)] = &[
         include_str!("../../../guest-python/pycage/_fetch.py"),
     ),
     (
+        "pycage/_aio.py",
+        include_str!("../../../guest-python/pycage/_aio.py"),
+    ),
+    (
         "pycage/kv.py",
         include_str!("../../../guest-python/pycage/kv.py"),
     ),

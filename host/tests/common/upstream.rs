@@ -6,6 +6,7 @@
 //! - `/redirect?to=URL`: 302 to URL
 //! - `/loop`: 302 to itself
 //! - `/big?n=BYTES`: a body of that many bytes
+//! - `/delay?ms=N`: `after N ms`, after N ms (at most 10 s)
 //! - `/slow`: waits 30 s before answering
 
 use std::convert::Infallible;
@@ -131,6 +132,14 @@ async fn answer(
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(1 << 20);
             reply(200, vec![b'x'; n])
+        }
+        "/delay" => {
+            let ms: u64 = query(&request, "ms")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(100)
+                .min(10_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            reply(200, format!("after {ms} ms").into_bytes())
         }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
