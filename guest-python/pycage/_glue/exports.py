@@ -4,20 +4,23 @@ No exception may escape an export (it would abort the instance), so every
 path below ends in a WIT value.
 """
 
-import inspect
-
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import handler as wit
 
 from pycage import _aio, _router
 from pycage._convert import to_wire
-from pycage._http import Headers, HTTPError, Request
+from pycage._http import Headers, HTTPError, Request, Response
 
 from .load import describe, format_traceback
 
 # The route table as the host receives it, set once the handler is loaded.
 ROUTES = []
+
+# What plain handlers return, told apart from an awaitable by type alone:
+# `inspect.isawaitable` would ask collections.abc.Awaitable, whose checks
+# write to its caches in every request.
+_PLAIN = (dict, list, str, bytes, tuple, type(None), Response)
 
 
 def _exception_error(exc):
@@ -38,7 +41,7 @@ def call(request):
     req.path_params = params
     try:
         result = route.func(req, **params) if route.wants_request else route.func(**params)
-        if inspect.isawaitable(result):
+        if type(result) not in _PLAIN and hasattr(type(result), "__await__"):
             # An `async def` handler: run it on a fresh event loop.
             result = _aio.run(result)
     except HTTPError as exc:
