@@ -11,18 +11,20 @@ module runs them in order and names the export class componentize-py looks
 for.
 """
 
-from pycage import _capabilities
+from pycage import _capabilities, _compat
 from pycage._glue import exports, load, snapshot, warm
 from pycage._glue.exports import Handler
 
 __all__ = ["Handler"]
 
 # Build time, in this order: the seed wrapper before anything imports
-# random's functions, the handler (with the capabilities refused: nothing
-# external may enter the snapshot), the warm-up, then the snapshot's
-# objects (last: everything above allocates). Every request's instance
-# starts with the capabilities available.
+# random's functions, the standard library's gaps filled (pycage._compat),
+# the handler (with the capabilities refused: nothing external may enter
+# the snapshot), the warm-up, then the snapshot's objects (last:
+# everything above allocates). Every request's instance starts with the
+# capabilities available.
 snapshot.install_fresh_seed()
+_compat.install()
 routes = load.load()
 exports.ROUTES = exports.wit_routes(routes)
 warm.warm(routes)

@@ -39,6 +39,14 @@ pub(crate) const FRAMEWORK_FILES: &[(&str, &str)] = &[
         include_str!("../../../guest-python/pycage/_aio.py"),
     ),
     (
+        "pycage/_compat.py",
+        include_str!("../../../guest-python/pycage/_compat.py"),
+    ),
+    (
+        "pycage/_ssl.py",
+        include_str!("../../../guest-python/pycage/_ssl.py"),
+    ),
+    (
         "pycage/kv.py",
         include_str!("../../../guest-python/pycage/kv.py"),
     ),

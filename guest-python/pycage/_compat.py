@@ -1,0 +1,284 @@
+"""Filling the gaps of CPython for WASI that break common packages.
+
+Installed by the glue at build time, before the handler is imported, so
+that both the handler's import and every request (which starts from that
+snapshot) see the same standard library. Each gap is filled only where the
+real thing is missing; README "Imports and the standard library" lists
+them:
+
+- `ssl`: no `_ssl` here; a stand-in (`pycage._ssl`) that imports and
+  configures, and fails clearly when asked to speak TLS.
+- `os.getuid`, `geteuid`, `getgid`, `getegid`, `getgroups`, `getppid`,
+  `getlogin`, `umask`: a fixed unprivileged identity (uid and gid 1000,
+  user "pycage"); `pwd` and `grp` know exactly that user and group, so
+  `getpass.getuser()` answers "pycage".
+- `hashlib.pbkdf2_hmac`: missing without OpenSSL; the standard algorithm in
+  Python over `hmac` (slower than OpenSSL's, same results).
+- `tempfile.TemporaryFile()`: an in-memory file (a `SpooledTemporaryFile`
+  that never rolls over), bounded by the instance's memory limit and gone
+  with it. The sandbox has no writable directory, so named temporary files
+  and directories (`NamedTemporaryFile`, `mkstemp`, `mkdtemp`) still fail.
+- threads: starting one raises `RuntimeError` saying that WASI has none.
+- asyncio: pycage's event loop (`pycage._aio`) is the one asyncio creates,
+  however late asyncio is imported.
+"""
+
+import os
+import sys
+import types
+
+UID = GID = 1000
+USER = "pycage"
+HOME = "/nonexistent"
+
+_THREADS = (
+    "threads are not available in the pycage sandbox (WASI has no threads); "
+    "for concurrent I/O use async def handlers and pycage.fetch_async"
+)
+
+
+def install():
+    _install_ssl()
+    _install_identity()
+    _install_hashlib()
+    _install_tempfile()
+    _install_threading()
+    _after_import("asyncio", _install_asyncio)
+
+
+def _install_ssl():
+    try:
+        import ssl  # noqa: F401
+    except ImportError:
+        from . import _ssl
+
+        sys.modules["ssl"] = _ssl
+
+
+def _install_identity():
+    constants = {
+        "getuid": UID, "geteuid": UID, "getgid": GID, "getegid": GID,
+        "getppid": 1, "getlogin": USER,
+    }
+    for name, value in constants.items():
+        if not hasattr(os, name):
+            setattr(os, name, _constant(name, value))
+    if not hasattr(os, "getgroups"):
+        os.getgroups = lambda: [GID]
+    if not hasattr(os, "umask"):
+        # Nothing here can create files, so the mask is only remembered.
+        mask = [0o022]
+
+        def umask(new):
+            old, mask[0] = mask[0], int(new) & 0o777
+            return old
+
+        os.umask = umask
+    for name, make in (("pwd", _pwd_module), ("grp", _grp_module)):
+        try:
+            __import__(name)
+        except ImportError:
+            sys.modules[name] = make()
+
+
+def _constant(name, value):
+    def get():
+        return value
+
+    get.__name__ = get.__qualname__ = name
+    get.__doc__ = f"pycage sandbox: always {value!r}."
+    return get
+
+
+def _pwd_module():
+    module = types.ModuleType("pwd", "The sandbox's one user (pycage._compat).")
+
+    class struct_passwd(tuple):
+        _fields = ("pw_name", "pw_passwd", "pw_uid", "pw_gid", "pw_gecos", "pw_dir", "pw_shell")
+        n_fields = n_sequence_fields = 7
+        pw_name = property(lambda self: self[0])
+        pw_passwd = property(lambda self: self[1])
+        pw_uid = property(lambda self: self[2])
+        pw_gid = property(lambda self: self[3])
+        pw_gecos = property(lambda self: self[4])
+        pw_dir = property(lambda self: self[5])
+        pw_shell = property(lambda self: self[6])
+
+    entry = struct_passwd((USER, "x", UID, GID, USER, HOME, "/bin/false"))
+
+    def getpwuid(uid):
+        if uid == UID:
+            return entry
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    def getpwnam(name):
+        if name == USER:
+            return entry
+        raise KeyError(f"getpwnam(): name not found: {name!r}")
+
+    module.struct_passwd = struct_passwd
+    module.getpwuid = getpwuid
+    module.getpwnam = getpwnam
+    module.getpwall = lambda: [entry]
+    return module
+
+
+def _grp_module():
+    module = types.ModuleType("grp", "The sandbox's one group (pycage._compat).")
+
+    class struct_group(tuple):
+        n_fields = n_sequence_fields = 4
+        gr_name = property(lambda self: self[0])
+        gr_passwd = property(lambda self: self[1])
+        gr_gid = property(lambda self: self[2])
+        gr_mem = property(lambda self: self[3])
+
+    entry = struct_group((USER, "x", GID, [USER]))
+
+    def getgrgid(gid):
+        if gid == GID:
+            return entry
+        raise KeyError(f"getgrgid(): gid not found: {gid}")
+
+    def getgrnam(name):
+        if name == USER:
+            return entry
+        raise KeyError(f"getgrnam(): name not found: {name!r}")
+
+    module.struct_group = struct_group
+    module.getgrgid = getgrgid
+    module.getgrnam = getgrnam
+    module.getgrall = lambda: [entry]
+    return module
+
+
+def _install_hashlib():
+    import hashlib
+
+    if not hasattr(hashlib, "pbkdf2_hmac"):
+        hashlib.pbkdf2_hmac = pbkdf2_hmac
+        if "pbkdf2_hmac" not in hashlib.__all__:
+            hashlib.__all__ += ("pbkdf2_hmac",)
+
+
+def pbkdf2_hmac(hash_name, password, salt, iterations, dklen=None):
+    """Password-based key derivation function 2 (PKCS #5 v2.0, RFC 8018)
+    with HMAC as the pseudorandom function, as `hashlib.pbkdf2_hmac`."""
+    import hashlib
+    import hmac
+
+    if not isinstance(hash_name, str):
+        raise TypeError(f"hash_name must be a str, not {type(hash_name).__name__}")
+    password = bytes(memoryview(password))
+    salt = bytes(memoryview(salt))
+    if iterations < 1:
+        raise ValueError("iteration value must be greater than 0.")
+    inner = hashlib.new(hash_name)
+    if dklen is None:
+        dklen = inner.digest_size
+    if dklen < 1:
+        raise ValueError("key length must be greater than 0.")
+    mac = hmac.new(password, digestmod=hash_name)
+    blocks = []
+    length = 0
+    index = 1
+    while length < dklen:
+        prf = mac.copy()
+        prf.update(salt + index.to_bytes(4, "big"))
+        u = prf.digest()
+        result = int.from_bytes(u, "big")
+        for _ in range(iterations - 1):
+            prf = mac.copy()
+            prf.update(u)
+            u = prf.digest()
+            result ^= int.from_bytes(u, "big")
+        block = result.to_bytes(len(u), "big")
+        blocks.append(block)
+        length += len(block)
+        index += 1
+    return b"".join(blocks)[:dklen]
+
+
+def _install_tempfile():
+    import tempfile
+
+    def TemporaryFile(mode="w+b", buffering=-1, encoding=None, newline=None, suffix=None,
+                      prefix=None, dir=None, *, errors=None):
+        """An anonymous temporary file, in memory: the sandbox has no
+        writable directory (pycage._compat)."""
+        return tempfile.SpooledTemporaryFile(
+            max_size=0, mode=mode, buffering=buffering, encoding=encoding, newline=newline,
+            suffix=suffix, prefix=prefix, dir=dir, errors=errors,
+        )
+
+    tempfile.TemporaryFile = TemporaryFile
+
+
+def _install_threading():
+    import threading
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(_THREADS)
+
+    if hasattr(threading, "_start_joinable_thread"):
+        threading._start_joinable_thread = refuse
+    if hasattr(threading, "_start_new_thread"):
+        threading._start_new_thread = refuse
+
+
+def _install_asyncio(module):
+    from . import _aio
+
+    _aio.install()
+
+
+class _AfterImport:
+    """A meta-path finder that runs a function right after a module's
+    first import: the module is imported as usual, then patched."""
+
+    def __init__(self):
+        self.hooks = {}
+
+    def find_spec(self, name, path=None, target=None):
+        hook = self.hooks.get(name)
+        if hook is None:
+            return None
+        for finder in sys.meta_path:
+            if finder is self:
+                continue
+            spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _Patching(spec.loader, hook)
+        return spec
+
+
+class _Patching:
+    def __init__(self, loader, hook):
+        self.loader = loader
+        self.hook = hook
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        self.hook(module)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+_FINDER = _AfterImport()
+
+
+def _after_import(name, hook):
+    if name in sys.modules:
+        hook(sys.modules[name])
+        return
+    _FINDER.hooks[name] = hook
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
