@@ -8,7 +8,7 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import handler as wit
 
-from pycage import _aio, _router
+from pycage import _aio, _apps, _router
 from pycage._convert import to_wire
 from pycage._http import Headers, HTTPError, Request, Response
 
@@ -32,6 +32,8 @@ def _exception_error(exc):
 def call(request):
     headers = Headers((h.name, bytes(h.value).decode("latin-1")) for h in request.headers)
     req = Request(request.method, request.path, request.query, headers, request.body)
+    if _apps.APP is not None:
+        return response(request.method, _apps.call(_apps.APP, req))
     try:
         route, params = _router.match(request.method, request.path)
     except _router.NotFound:
@@ -50,7 +52,12 @@ def call(request):
 
 
 def response(method, result):
-    status, response_headers, body = to_wire(result)
+    if type(result) is _apps.Wire:
+        status, response_headers, body = result.status, result.headers, result.body
+        if not 200 <= status <= 599:
+            raise ValueError(f"the app answered with status {status}, not one in 200..599")
+    else:
+        status, response_headers, body = to_wire(result)
     if method == "HEAD":
         body = b""
     return wit.Response(
@@ -61,6 +68,9 @@ def response(method, result):
 
 
 def wit_routes(routes):
+    if _apps.APP is not None:
+        app = _apps.APP
+        return [wit.Route(pattern="/{path:path}", methods=["*"], handler=f"{app.kind} app {app.name}")]
     return [wit.Route(pattern=r.pattern, methods=list(r.methods), handler=r.name) for r in routes]
 
 

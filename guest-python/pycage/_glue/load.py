@@ -16,7 +16,7 @@ import sys
 import traceback
 
 import pycage_build_config as config
-from pycage import _router
+from pycage import _apps, _router
 
 # Output a handler prints while being imported at build time is captured up
 # to this many characters and shown by the host (the rest is dropped).
@@ -164,10 +164,15 @@ def load():
                 "library; rename the handler file"
             )
         routes = _router.table()
-        if not routes:
-            raise NoRoutes(
-                f"{config.ENTRY_MODULE} declares no routes: decorate a function with @route(...)"
-            )
+        if config.APP_ATTRIBUTE is not None:
+            _apps.APP = _apps.named(module, config.APP_ATTRIBUTE)
+        elif not routes:
+            _apps.APP = _apps.find(module)
+            if _apps.APP is None:
+                raise NoRoutes(
+                    f"{config.ENTRY_MODULE} declares no routes: decorate a function with "
+                    "@route(...), or name a WSGI or ASGI application `app`"
+                )
         if len(routes) > MAX_ROUTES:
             raise _router.RouteError(f"{len(routes)} routes, over the limit of {MAX_ROUTES}")
     except BaseException as exc:

@@ -10,6 +10,7 @@ import inspect
 from componentize_py_types import Err
 from wit_world.exports import handler as wit
 
+from pycage import _apps
 from pycage._http import Headers, HTTPError, Request
 
 from . import exports
@@ -32,10 +33,12 @@ def _once(handler):
         headers=[wit.Header(name="content-type", value=b"application/json")],
         body=b"{}",
     )
-    try:
-        handler.dispatch(request)
-    except Err:
-        pass
+    # An app would run its own code for this request: never at build time.
+    if _apps.APP is None:
+        try:
+            handler.dispatch(request)
+        except Err:
+            pass
     headers = Headers([("content-type", "application/json")])
     req = Request("GET", "/", "a=1&b=2", headers, b"{}")
     _ = req.query, req.text, req.json(), req.content_type
@@ -57,6 +60,8 @@ def _uses_async(routes):
     snapshot, with pycage's event loop installed."""
     import sys
 
+    if _apps.APP is not None and _apps.APP.kind == "asgi":
+        return True
     return "asyncio" in sys.modules or any(
         inspect.iscoroutinefunction(r.func)
         or inspect.iscoroutinefunction(getattr(r.func, "__call__", None))

@@ -96,7 +96,7 @@ pub(crate) fn ensure_built(
         on_event(LoadEvent::Skipped { path, reason });
     }
     let layers = deps::layers(source, snapshot, venv, cache, on_event)?;
-    let key = cache::handler_key(&source.entry_module, snapshot, &layers);
+    let key = cache::handler_key(&source.entry_spec(), snapshot, &layers);
     if let Some(built) = entry::load(engine, cache, &key)? {
         let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
         return Ok(Ready { built, stdlib });
@@ -269,8 +269,13 @@ fn write_inputs<'a>(
     let wit_dir = scratch.join("wit");
     let app = entry::mount_dir(&mounts, None);
     let layer_mounts: Vec<String> = (0..layers.len()).map(mounts::layer).collect();
-    framework::write_framework(&framework_dir, &source.entry_module, &layer_mounts)
-        .map_err(io(&framework_dir))?;
+    framework::write_framework(
+        &framework_dir,
+        &source.entry_module,
+        source.app_attribute.as_deref(),
+        &layer_mounts,
+    )
+    .map_err(io(&framework_dir))?;
     wit::write_to(&wit_dir).map_err(io(&wit_dir))?;
     snapshot.write_to(&app).map_err(io(&app))?;
     std::fs::create_dir_all(&app).map_err(io(&app))?;

@@ -62,6 +62,10 @@ pub(crate) struct HandlerSource {
     pub is_file: bool,
     /// Dotted name of the module imported at build time.
     pub entry_module: String,
+    /// The attribute of the entry module to serve as a WSGI or ASGI app
+    /// (`--module MODULE:APP`); without it, the module's routes or an
+    /// `app` / `application` it defines.
+    pub app_attribute: Option<String>,
     snapshot: Snapshot,
 }
 
@@ -102,6 +106,7 @@ impl HandlerSource {
     /// Open `path` (a `.py` file or a directory), read its files and find
     /// its entry module.
     pub(crate) fn resolve(path: &Path, module: Option<&str>) -> Result<Self, LoadError> {
+        let (module, app_attribute) = split_app(path, module)?;
         let absolute = std::path::absolute(path).map_err(|source| LoadError::Io {
             path: path.to_path_buf(),
             source,
@@ -127,6 +132,14 @@ impl HandlerSource {
                 .unwrap_or_default()
                 .to_owned();
             check_module_name(path, &stem)?;
+            if let Some(name) = module
+                && name != stem
+            {
+                return Err(LoadError::EntryModuleMissing {
+                    dir: path.to_path_buf(),
+                    module: name.to_owned(),
+                });
+            }
             // As in a directory handler: a file with other names may live
             // anywhere on the filesystem, and is not its directory's to grant.
             if stat.st_nlink > 1 {
@@ -147,6 +160,7 @@ impl HandlerSource {
                 display_root,
                 is_file: true,
                 entry_module: stem,
+                app_attribute,
                 snapshot: Snapshot {
                     files: vec![StagedFile {
                         relative: name,
@@ -189,8 +203,18 @@ impl HandlerSource {
             path: absolute,
             is_file: false,
             entry_module,
+            app_attribute,
             snapshot,
         })
+    }
+
+    /// What the build imports and serves, as one string for the cache key:
+    /// `MODULE` or `MODULE:APP`.
+    pub(crate) fn entry_spec(&self) -> String {
+        match &self.app_attribute {
+            Some(app) => format!("{}:{app}", self.entry_module),
+            None => self.entry_module.clone(),
+        }
     }
 
     /// The handler's files: the one file, or the directory tree.
@@ -320,6 +344,28 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// `MODULE[:APP]` (gunicorn's and uvicorn's form) into the module, if
+/// named, and the app attribute, if any; `:APP` alone keeps the default
+/// module. The attribute is a Python identifier.
+fn split_app<'a>(
+    path: &Path,
+    module: Option<&'a str>,
+) -> Result<(Option<&'a str>, Option<String>), LoadError> {
+    let Some((name, app)) = module.and_then(|m| m.split_once(':')) else {
+        return Ok((module, None));
+    };
+    let mut chars = app.chars();
+    let identifier = matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
+    if !identifier {
+        return Err(LoadError::BadModuleName {
+            path: path.to_path_buf(),
+            name: module.unwrap_or_default().to_owned(),
+        });
+    }
+    Ok(((!name.is_empty()).then_some(name), Some(app.to_owned())))
 }
 
 fn check_module_name(path: &Path, name: &str) -> Result<(), LoadError> {

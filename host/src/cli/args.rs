@@ -69,8 +69,9 @@ pub struct HandlerArgs {
     #[arg(value_name = "HANDLER")]
     pub handler: PathBuf,
 
-    /// Entry module of a directory handler [default: the first of app, handler, main]
-    #[arg(long, value_name = "NAME")]
+    /// Entry module of a directory handler [default: the first of app, handler, main];
+    /// MODULE:APP (or :APP) serves the module's attribute APP as a WSGI or ASGI app
+    #[arg(long, alias = "app", value_name = "MODULE[:APP]")]
     pub module: Option<String>,
 
     /// Also make this virtualenv's packages importable (copied in, read-only; `.pth` files are
@@ -134,8 +135,9 @@ pub struct ServeArgs {
     )]
     pub handler: Option<PathBuf>,
 
-    /// Entry module of a directory handler [default: the first of app, handler, main]
-    #[arg(long, value_name = "NAME", requires = "handler")]
+    /// Entry module of a directory handler [default: the first of app, handler, main];
+    /// MODULE:APP (or :APP) serves the module's attribute APP as a WSGI or ASGI app
+    #[arg(long, alias = "app", value_name = "MODULE[:APP]", requires = "handler")]
     pub module: Option<String>,
 
     /// Virtualenv whose packages the handler may import (with --config: `venv` per tenant)

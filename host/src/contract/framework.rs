@@ -39,6 +39,10 @@ pub(crate) const FRAMEWORK_FILES: &[(&str, &str)] = &[
         include_str!("../../../guest-python/pycage/_aio.py"),
     ),
     (
+        "pycage/_apps.py",
+        include_str!("../../../guest-python/pycage/_apps.py"),
+    ),
+    (
         "pycage/_compat.py",
         include_str!("../../../guest-python/pycage/_compat.py"),
     ),
@@ -90,6 +94,7 @@ pub(crate) const STDLIB_EXPORTER_MODULE: &str = "pycage_stdlib_export";
 pub(crate) fn write_framework(
     dir: &Path,
     entry_module: &str,
+    app_attribute: Option<&str>,
     layer_mounts: &[String],
 ) -> std::io::Result<()> {
     for (relative, source) in FRAMEWORK_FILES {
@@ -103,10 +108,11 @@ pub(crate) fn write_framework(
     // Python string literal.
     let framework = mounts::FRAMEWORK;
     let import = mounts::IMPORT;
+    let app = app_attribute.map_or("None".to_owned(), |a| format!("{a:?}"));
     fs::write(
         dir.join("pycage_build_config.py"),
         format!(
-            "ENTRY_MODULE = {entry_module:?}\nIMPORT_DIR = {import:?}\n\
+            "ENTRY_MODULE = {entry_module:?}\nAPP_ATTRIBUTE = {app}\nIMPORT_DIR = {import:?}\n\
              REPORT_PATH = \"{framework}/{BUILD_REPORT}\"\n\
              OBJECTS_PATH = \"{framework}/{SNAPSHOT_OBJECTS}\"\n\
              VENDOR_DIR = \"{import}/{VENDOR_DIR}\"\nLAYER_DIRS = {layer_mounts:?}\n",
