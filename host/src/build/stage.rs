@@ -37,11 +37,14 @@ const SKIPPED_DIRS: &[&str] = &[
 pub const ENTRY_CANDIDATES: &[&str] = &["app", "handler", "main"];
 
 /// Bounds on what one handler (or one dependency tree) may bring along: a
-/// single-file handler is bounded by [`MAX_TOTAL_BYTES`] too.
-pub const MAX_FILES: usize = 10_000;
+/// single-file handler is bounded by [`MAX_TOTAL_BYTES`] too. Real
+/// dependency trees run to thousands of files (boto3 with botocore ~5,000);
+/// the bytes, which the host holds in memory while it stages them, are the
+/// bound that protects it.
+pub const MAX_FILES: usize = 50_000;
 pub const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
 /// Directory entries looked at per tree, taken or not, and nesting depth.
-const MAX_ENTRIES: usize = 100_000;
+const MAX_ENTRIES: usize = 200_000;
 const MAX_DEPTH: usize = 64;
 
 const LIMITS: TreeLimits = TreeLimits {

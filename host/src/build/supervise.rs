@@ -23,8 +23,10 @@ use std::time::{Duration, Instant};
 use crate::host_fs::untrusted::{self, Measured};
 use crate::limits::BuildLimits;
 
-/// Files and directories a watched directory may hold.
-const MAX_FILES: usize = 100_000;
+/// Files and directories a watched directory may hold: a staged handler
+/// (`stage::MAX_FILES`), its layers and the bytecode the build writes
+/// beside each module, with room to spare.
+const MAX_FILES: usize = 4 * crate::build::stage::MAX_FILES;
 /// Nesting a watched directory may have (also the most directory handles
 /// a measurement holds open).
 const MAX_DEPTH: usize = 64;
