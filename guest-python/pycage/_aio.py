@@ -15,7 +15,7 @@ def` handlers on it. The request's deadline still ends everything: the
 host stops the instance whatever the loop is waiting for.
 """
 
-__all__ = ["install", "loop_class", "run", "wait_ready", "forget"]
+__all__ = ["install", "loop_class", "run"]
 
 # asyncio is imported on first use, not with pycage: a handler that never
 # awaits anything keeps it out of its snapshot (see the glue's warm-up).
@@ -85,7 +85,17 @@ class _PollSelector:
 
 
 def _drop(pollable):
-    pollable.__exit__(None, None, None)
+    # Safe to call twice: a pollable already dropped has no handle.
+    if pollable.handle is not None:
+        pollable.__exit__(None, None, None)
+
+
+# Loops holding pollables, kept reachable until closed: an unclosed loop
+# (with the tasks, generators and parent resources behind its pollables)
+# must never become cyclic garbage, whose finalizers run in no particular
+# order and could drop a parent before its pollable (which traps). Each
+# request's instance ends soon anyway.
+_HOLDING = set()
 
 
 def _nanos(seconds):
@@ -114,6 +124,7 @@ def loop_class():
         def close(self):
             if not self.is_closed() and not self.is_running():
                 self._selector.close()
+                _HOLDING.discard(self)
             super().close()
 
         def wait_ready(self, pollable):
@@ -121,7 +132,16 @@ def loop_class():
             pollable from now on."""
             future = self.create_future()
             self._selector.waiting.append((pollable, future))
+            _HOLDING.add(self)
             return future
+
+        def run_in_executor(self, executor, func, *args):
+            # BaseEventLoop would make a thread pool first, which then
+            # fails again in asyncio.run's shutdown: refuse before that.
+            raise RuntimeError(
+                "threads are not available in the pycage sandbox (WASI has no threads): "
+                "run_in_executor, asyncio.to_thread and loop.getaddrinfo cannot work here"
+            )
 
         def forget(self, pollable):
             self._selector.forget(pollable)
@@ -142,32 +162,6 @@ def loop_class():
     PollLoop.__module__ = "pycage"
     _loop_class = PollLoop
     return PollLoop
-
-
-async def wait_ready(pollable):
-    """Wait, in the running loop, until `pollable` is ready (consuming it)."""
-    import asyncio
-
-    loop = asyncio.get_running_loop()
-    if not isinstance(loop, loop_class()):
-        # Another loop cannot wait on a WASI pollable: block instead.
-        with pollable:
-            pollable.block()
-        return
-    await loop.wait_ready(pollable)
-
-
-def forget(pollable):
-    """Drop `pollable` if the running loop still waits on it (after a
-    cancelled `wait_ready`)."""
-    import asyncio
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    if isinstance(loop, loop_class()):
-        loop.forget(pollable)
 
 
 def install():

@@ -29,8 +29,6 @@ from ._http import Headers
 __all__ = ["fetch", "fetch_async", "FetchError", "FetchResponse"]
 
 _REDIRECTS = {301, 302, 303, 307, 308}
-# The most a single write to a wasi:io output stream may carry.
-_WRITE_CHUNK = 4096
 _READ_CHUNK = 64 * 1024
 
 
@@ -98,19 +96,32 @@ async def fetch_async(url, *, method="GET", headers=None, body=None, json=None, 
     """`fetch`, awaited: the event loop runs other tasks while this one waits
     for the network. Cancelling it (`asyncio.wait_for`, a task's `cancel()`)
     drops the request."""
+    import asyncio
+
     from . import _aio
 
     _capabilities.require("outbound HTTP")
+    # Before anything is sent: without a running loop this raises here.
+    loop = asyncio.get_running_loop()
+    ours = isinstance(loop, _aio.loop_class())
     steps = _steps(url, method, headers, body, json, timeout, allow_redirects, max_redirects)
     try:
         pollable = next(steps)
         while True:
             try:
-                await _aio.wait_ready(pollable)
+                if ours:
+                    await loop.wait_ready(pollable)
+                else:
+                    # Another loop cannot wait on a WASI pollable: block.
+                    with pollable:
+                        pollable.block()
             except BaseException:
-                # Cancelled: the pollable goes first, then the resources it
-                # was made from (a parent dropped before its child traps).
-                _aio.forget(pollable)
+                # Cancelled, or the coroutine closed: the pollable goes
+                # first, from whatever still holds it, then the resources
+                # it was made from (a parent dropped before its child traps).
+                if ours:
+                    loop.forget(pollable)
+                _aio._drop(pollable)
                 steps.close()
                 raise
             pollable = steps.send(None)
@@ -306,7 +317,7 @@ def _write_all(stream, data):
         if room == 0:
             yield stream.subscribe()
             continue
-        chunk = data[offset:offset + min(room, _WRITE_CHUNK)]
+        chunk = data[offset:offset + room]
         stream.write(chunk)
         offset += len(chunk)
     try:

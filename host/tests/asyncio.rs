@@ -179,3 +179,33 @@ async fn waiting_on_nothing_fails_at_once_and_sockets_are_refused() {
     assert!(body["error"].is_string(), "{body}");
     still_serves().await;
 }
+
+/// Misuse of fetch_async and the loop (found by attacking them): a
+/// coroutine stepped without a loop, a loop abandoned with a request in
+/// flight and collected, a thread asked for. Each is a Python result, not a
+/// trap of the instance, and the next request is served.
+#[tokio::test]
+async fn misuse_of_the_loop_is_a_python_error_not_a_trap() {
+    let body = get_json(&format!("/abuse/no-loop?{}", base_query())).await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no running event loop"),
+        "{body}"
+    );
+    let body = get_json(&format!("/abuse/abandoned-loop?{}", base_query())).await;
+    assert_eq!(body["survived"], true, "{body}");
+    let body = get_json("/abuse/to-thread").await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("threads are not available"),
+        "{body}"
+    );
+    // An HTTPError raised in a TaskGroup is still the response.
+    let e = get("/task-group-404").await;
+    assert_eq!(ok(&e).status, 404);
+    still_serves().await;
+}

@@ -48,7 +48,26 @@ def call(request):
             result = _aio.run(result)
     except HTTPError as exc:
         result = exc.to_response()
+    except BaseExceptionGroup as group:
+        # An HTTPError raised in a TaskGroup arrives wrapped: answer with
+        # it when the group holds nothing else.
+        first = _only_http_errors(group)
+        if first is None:
+            raise
+        result = first.to_response()
     return response(request.method, result)
+
+
+def _only_http_errors(group):
+    """The first HTTPError of `group` if every exception in it is one."""
+    first = None
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _only_http_errors(exc)
+        if not isinstance(exc, HTTPError):
+            return None
+        first = first or exc
+    return first
 
 
 def response(method, result):
