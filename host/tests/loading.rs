@@ -303,3 +303,66 @@ fn is_root() -> bool {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
 }
+
+/// An unchanged handler is loaded from the cache on its files' stamps alone
+/// (build::cache::index); any write is seen, even one that keeps the size
+/// and puts the mtime back; a tree changed too recently to trust its stamps
+/// is read again.
+#[tokio::test]
+async fn an_unchanged_handler_loads_without_reading_its_files_and_any_write_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let nonce = format!("# {}\n", root.display());
+    let source = |answer: &str| {
+        format!(
+            "{nonce}from pycage import route\nfrom lib import VALUE\n\n@route('/')\ndef i():\n    return '{answer}' + VALUE\n"
+        )
+    };
+    fs::write(root.join("app.py"), source("one")).unwrap();
+    fs::create_dir(root.join("lib")).unwrap();
+    fs::write(root.join("lib/__init__.py"), "VALUE = '-a'\n").unwrap();
+    let runtime = Runtime::new(Cache::new(cache_dir())).unwrap();
+    let events = RefCell::new(Vec::new());
+    let record = |event: LoadEvent<'_>| {
+        let name = match event {
+            LoadEvent::Building { .. } => "built",
+            LoadEvent::Unchanged { .. } => "unchanged",
+            _ => return,
+        };
+        events.borrow_mut().push(name);
+    };
+    let load = || {
+        runtime
+            .load(root, &LoadOptions::default(), &record)
+            .unwrap()
+    };
+
+    // Just written: too recent to index, so the next load reads again.
+    load();
+    assert_eq!(*events.borrow(), ["built"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    load();
+    assert_eq!(*events.borrow(), ["built"], "read again, a cache hit");
+    // That read was old enough to index: this load only stats.
+    let h = load();
+    assert_eq!(*events.borrow(), ["built", "unchanged"]);
+    assert_eq!(ok(&get(&h, "/").await).body, b"one-a");
+
+    // Same size, mtime put back: the ctime still gives the write away.
+    let lib = root.join("lib/__init__.py");
+    let mtime = fs::metadata(&lib).unwrap().modified().unwrap();
+    fs::write(&lib, "VALUE = '-b'\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&lib)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let h = load();
+    assert_eq!(events.borrow().last(), Some(&"built"));
+    assert_eq!(ok(&get(&h, "/").await).body, b"one-b");
+    // A file added is seen too.
+    fs::write(root.join("extra.py"), "").unwrap();
+    load();
+    assert_eq!(events.borrow().last(), Some(&"built"));
+}

@@ -64,6 +64,9 @@ pub enum LoadEvent<'a> {
     BuildOutput { text: &'a str, truncated: bool },
     /// The build finished.
     Built { elapsed: Duration },
+    /// The handler's files are exactly as when it was last loaded (same
+    /// stamps): its cached image is used without reading them again.
+    Unchanged { source: &'a Path },
 }
 
 /// How builds run: shared by every load of one runtime.
@@ -99,6 +102,7 @@ pub(crate) fn ensure_built(
     let key = cache::handler_key(&source.entry_spec(), snapshot, &layers);
     if let Some(built) = entry::load(engine, cache, &key)? {
         let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
+        remember(cache, source, venv, &key);
         return Ok(Ready { built, stdlib });
     }
 
@@ -173,7 +177,48 @@ pub(crate) fn ensure_built(
         detail: "the entry just built did not load".into(),
     })?;
     built.cache_hit = false;
+    remember(cache, source, venv, &key);
     Ok(Ready { built, stdlib })
+}
+
+/// The entry of an unchanged handler, found from its files' stamps alone
+/// (`source` from [`HandlerSource::stamp`], see `cache::index`); `None`
+/// if the handler is not known as it is now: then it is read and built as
+/// usual. A handler with a virtualenv always is (the environment is
+/// another tree, outside the index).
+pub(crate) fn ensure_indexed(
+    engine: &Engine,
+    settings: &BuildSettings,
+    source: &HandlerSource,
+    venv: Option<&Path>,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<Option<Ready>, LoadError> {
+    let cache = &settings.cache;
+    if venv.is_some() {
+        return Ok(None);
+    }
+    let Some(key) = cache.indexed(&cache::index::fingerprint(source)) else {
+        return Ok(None);
+    };
+    let Some(built) = entry::load(engine, cache, &key)? else {
+        return Ok(None);
+    };
+    for (path, reason) in &source.snapshot().skipped {
+        on_event(LoadEvent::Skipped { path, reason });
+    }
+    on_event(LoadEvent::Unchanged {
+        source: &source.path,
+    });
+    let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
+    Ok(Some(Ready { built, stdlib }))
+}
+
+/// Index `source` (just read) as `key`, unless a file changed too recently
+/// for its stamp to be trusted.
+fn remember(cache: &Cache, source: &HandlerSource, venv: Option<&Path>, key: &str) {
+    if venv.is_none() && !cache::index::racy(source, source.read_at) {
+        cache.index(&cache::index::fingerprint(source), key);
+    }
 }
 
 fn show_output(text: &str, truncated: bool, on_event: &dyn Fn(LoadEvent<'_>)) {

@@ -69,6 +69,9 @@ pub(crate) struct HandlerSource {
     /// (`--module MODULE:APP`); without it, the module's routes or an
     /// `app` / `application` it defines.
     pub app_attribute: Option<String>,
+    /// When the files were read (or stamped): a file changed shortly
+    /// before may change again unseen by its stamp (`cache::index`).
+    pub read_at: std::time::SystemTime,
     snapshot: Snapshot,
 }
 
@@ -109,6 +112,18 @@ impl HandlerSource {
     /// Open `path` (a `.py` file or a directory), read its files and find
     /// its entry module.
     pub(crate) fn resolve(path: &Path, module: Option<&str>) -> Result<Self, LoadError> {
+        Self::open(path, module, true)
+    }
+
+    /// `resolve` without reading any file: the same files, each with only
+    /// its [`Stamp`](untrusted::Stamp), for telling cheaply whether the
+    /// handler is exactly as it was when last read (`build::cache::index`).
+    pub(crate) fn stamp(path: &Path, module: Option<&str>) -> Result<Self, LoadError> {
+        Self::open(path, module, false)
+    }
+
+    fn open(path: &Path, module: Option<&str>, contents: bool) -> Result<Self, LoadError> {
+        let read_at = std::time::SystemTime::now();
         let (module, app_attribute) = split_app(path, module)?;
         let absolute = std::path::absolute(path).map_err(|source| LoadError::Io {
             path: path.to_path_buf(),
@@ -150,8 +165,17 @@ impl HandlerSource {
                     path: path.to_path_buf(),
                 });
             }
-            let contents = untrusted::read_to_end(fd, &stat, MAX_TOTAL_BYTES, &absolute)
-                .map_err(load_error)?;
+            let stamp = untrusted::Stamp::of(&stat);
+            let contents = if contents {
+                untrusted::read_to_end(fd, &stat, MAX_TOTAL_BYTES, &absolute).map_err(load_error)?
+            } else if stamp.size > MAX_TOTAL_BYTES {
+                return Err(LoadError::TooLarge {
+                    path: path.to_path_buf(),
+                    limit: untrusted::format_bytes(MAX_TOTAL_BYTES),
+                });
+            } else {
+                Vec::new()
+            };
             let name = absolute
                 .file_name()
                 .unwrap_or_default()
@@ -164,16 +188,18 @@ impl HandlerSource {
                 is_file: true,
                 entry_module: stem,
                 app_attribute,
+                read_at,
                 snapshot: Snapshot {
                     files: vec![StagedFile {
                         relative: name,
                         contents,
+                        stamp,
                     }],
                     skipped: Vec::new(),
                 },
             });
         }
-        let snapshot = read_tree(fd.as_fd(), &absolute, &Tree::HANDLER)?;
+        let snapshot = walk_tree(fd.as_fd(), &absolute, &Tree::HANDLER, contents)?;
         let entry_module = match module {
             Some(name) => {
                 check_module_name(path, name)?;
@@ -207,6 +233,7 @@ impl HandlerSource {
             is_file: false,
             entry_module,
             app_attribute,
+            read_at,
             snapshot,
         })
     }
@@ -309,10 +336,22 @@ pub(crate) fn read_tree(
     shown_as: &Path,
     tree: &Tree,
 ) -> Result<Snapshot, LoadError> {
+    walk_tree(root, shown_as, tree, true)
+}
+
+/// [`read_tree`], or with `contents` false only stamped (see
+/// [`TreeRules::contents`]).
+fn walk_tree(
+    root: std::os::fd::BorrowedFd<'_>,
+    shown_as: &Path,
+    tree: &Tree,
+    contents: bool,
+) -> Result<Snapshot, LoadError> {
     let rules = TreeRules {
         limits: LIMITS,
         hard_links: tree.hard_links,
         filter: &|relative, is_dir| tree.take(relative, is_dir),
+        contents,
     };
     let read = untrusted::read_tree(root, &rules, shown_as).map_err(load_error)?;
     Ok(Snapshot {

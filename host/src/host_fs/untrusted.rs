@@ -71,8 +71,9 @@ impl ReadError {
 /// What an open handle turned out to be.
 pub(crate) enum Opened {
     Dir(OwnedFd),
+    /// A regular file: opened, or only stat'ed (`stat_entry`).
     File {
-        fd: OwnedFd,
+        fd: Option<OwnedFd>,
         stat: Stat,
     },
     /// Something that is never read: the reason, for the report.
@@ -105,9 +106,21 @@ fn open_entry(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Opened> {
     let stat = rfs::fstat(&fd)?;
     Ok(match FileType::from_raw_mode(stat.st_mode) {
         FileType::Directory => Opened::Dir(fd),
-        FileType::RegularFile => Opened::File { fd, stat },
+        FileType::RegularFile => Opened::File { fd: Some(fd), stat },
         _ => Opened::Other("not a regular file"),
     })
+}
+
+/// `open_entry` without opening a file: what `name` is, from `statat`
+/// (not following a link); a directory is opened, to be walked.
+fn stat_entry(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Opened> {
+    let stat = rfs::statat(dir, name, rfs::AtFlags::SYMLINK_NOFOLLOW)?;
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Directory => open_entry(dir, name),
+        FileType::RegularFile => Ok(Opened::File { fd: None, stat }),
+        FileType::Symlink => Ok(Opened::Other("symbolic link (not followed)")),
+        _ => Ok(Opened::Other("not a regular file")),
+    }
 }
 
 /// Open the file or directory the operator named. The path up to its last
@@ -146,11 +159,11 @@ pub(crate) fn open_named(path: &Path) -> Result<(OwnedFd, Stat), ReadError> {
     .map_err(|e| ReadError::io(&parent, e))?;
     let cname = c_name(&name, path)?;
     match open_entry(parent_fd.as_fd(), &cname).map_err(|e| ReadError::io(path, e))? {
-        Opened::Dir(fd) | Opened::File { fd, .. } => {
+        Opened::Dir(fd) | Opened::File { fd: Some(fd), .. } => {
             let stat = rfs::fstat(&fd).map_err(|e| ReadError::io(path, e))?;
             Ok((fd, stat))
         }
-        Opened::Other(_) => Err(other_error(
+        Opened::File { fd: None, .. } | Opened::Other(_) => Err(other_error(
             parent_fd.as_fd(),
             &cname,
             path.to_path_buf(),
@@ -288,7 +301,8 @@ pub(crate) fn read_file_at(
     match open_entry(parent_fd.as_fd(), &cname) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(ReadError::io(shown_as, error)),
-        Ok(Opened::File { fd, stat }) => read_to_end(fd, &stat, max, shown_as).map(Some),
+        Ok(Opened::File { fd: Some(fd), stat }) => read_to_end(fd, &stat, max, shown_as).map(Some),
+        Ok(Opened::File { fd: None, .. }) => unreachable!("open_entry opens the files it finds"),
         Ok(Opened::Dir(_)) => Err(ReadError::WrongType {
             path: shown_as.to_path_buf(),
             found: "a directory",
@@ -342,13 +356,44 @@ pub(crate) struct TreeRules<'a> {
     pub hard_links: bool,
     /// `(relative path, is a directory)` → whether to take it.
     pub filter: &'a dyn Fn(&str, bool) -> Take,
+    /// Read the files (`true`), or only stamp them: the same walk, the same
+    /// files taken and skipped and the same bounds, but a file is looked at
+    /// with one `statat` (no link followed) instead of being opened and
+    /// read. For telling whether a tree changed since it was last read.
+    pub contents: bool,
+}
+
+/// What the filesystem says of a file, without reading it: enough to tell
+/// that it is the same file, never written since (any write moves its
+/// ctime, which no one can set back).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl Stamp {
+    pub(crate) fn of(stat: &Stat) -> Self {
+        Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            size: u64::try_from(stat.st_size).unwrap_or(0),
+            mtime: (stat.st_mtime, stat.st_mtime_nsec as i64),
+            ctime: (stat.st_ctime, stat.st_ctime_nsec as i64),
+        }
+    }
 }
 
 /// One regular file of a tree, relative to its root with '/' separators.
+/// `contents` is empty when the tree was only stamped (`TreeRules::contents`).
 #[derive(Debug, Clone)]
 pub(crate) struct TreeFile {
     pub relative: String,
     pub contents: Vec<u8>,
+    pub stamp: Stamp,
 }
 
 /// The files of a tree and the entries left out, with the reason.
@@ -447,8 +492,12 @@ impl Walk<'_> {
             {
                 continue;
             }
-            let opened =
-                open_entry(dir, &cname).map_err(|e| ReadError::io(&shown(&relative), e))?;
+            let opened = if self.rules.contents || listed_type == FileType::Directory {
+                open_entry(dir, &cname)
+            } else {
+                stat_entry(dir, &cname)
+            }
+            .map_err(|e| ReadError::io(&shown(&relative), e))?;
             match opened {
                 Opened::Dir(fd) => {
                     if (self.rules.filter)(&relative, true) == Take::Quietly {
@@ -476,13 +525,22 @@ impl Walk<'_> {
                         return Err(self.too_large());
                     }
                     let room = self.rules.limits.max_bytes.saturating_sub(self.bytes);
-                    let contents = match read_to_end(fd, &stat, room, &shown(&relative)) {
-                        Ok(contents) => contents,
-                        Err(ReadError::TooLarge { .. }) => return Err(self.too_large()),
-                        Err(other) => return Err(other),
+                    let stamp = Stamp::of(&stat);
+                    let contents = match fd {
+                        Some(fd) => match read_to_end(fd, &stat, room, &shown(&relative)) {
+                            Ok(contents) => contents,
+                            Err(ReadError::TooLarge { .. }) => return Err(self.too_large()),
+                            Err(other) => return Err(other),
+                        },
+                        None if stamp.size > room => return Err(self.too_large()),
+                        None => Vec::new(),
                     };
-                    self.bytes += contents.len() as u64;
-                    self.read.files.push(TreeFile { relative, contents });
+                    self.bytes += stamp.size.max(contents.len() as u64);
+                    self.read.files.push(TreeFile {
+                        relative,
+                        contents,
+                        stamp,
+                    });
                 }
                 Opened::Other(reason) => {
                     if (self.rules.filter)(&relative, false) == Take::Yes {
@@ -683,8 +741,13 @@ mod tests {
     };
 
     fn read(root: &Path, limits: TreeLimits) -> Result<TreeRead, ReadError> {
+        walk(root, limits, true)
+    }
+
+    fn walk(root: &Path, limits: TreeLimits, contents: bool) -> Result<TreeRead, ReadError> {
         let (fd, _) = open_named(root).unwrap();
         let rules = TreeRules {
+            contents,
             limits,
             hard_links: false,
             filter: &|relative, is_dir| {
@@ -728,6 +791,63 @@ mod tests {
         let mut skipped: Vec<_> = read.skipped.iter().map(|(p, _)| p.as_str()).collect();
         skipped.sort();
         assert_eq!(skipped, ["fifo", "linked", "passwd", "pkg-link"]);
+    }
+
+    /// Stamping walks exactly what reading walks, with the same stamps and
+    /// without reading a byte; a write moves the stamp.
+    #[test]
+    fn stamping_sees_what_reading_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("pkg/__pycache__")).unwrap();
+        fs::write(root.join("app.py"), "x = 1").unwrap();
+        fs::write(root.join("pkg/mod.py"), "y = 2").unwrap();
+        fs::write(root.join("pkg/__pycache__/mod.pyc"), "junk").unwrap();
+        symlink("/etc/passwd", root.join("passwd")).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            root.join("fifo"),
+            Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let stamps = |read: &TreeRead| -> Vec<(String, Stamp)> {
+            read.files
+                .iter()
+                .map(|f| (f.relative.clone(), f.stamp))
+                .collect()
+        };
+        let read = read(root, LIMITS).unwrap();
+        let stamped = walk(root, LIMITS, false).unwrap();
+        assert_eq!(stamps(&read), stamps(&stamped));
+        assert_eq!(read.skipped, stamped.skipped);
+        assert!(stamped.files.iter().all(|f| f.contents.is_empty()));
+        assert_eq!(stamped.files[0].stamp.size, 5);
+
+        // Same size, mtime put back: the ctime still moves.
+        let before = stamped.files[1].stamp;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(root.join("pkg/mod.py"), "y = 3").unwrap();
+        let mtime = std::time::UNIX_EPOCH
+            + std::time::Duration::new(before.mtime.0 as u64, before.mtime.1 as u32);
+        File::options()
+            .write(true)
+            .open(root.join("pkg/mod.py"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let after = walk(root, LIMITS, false).unwrap().files[1].stamp;
+        assert_eq!((after.size, after.mtime), (before.size, before.mtime));
+        assert_ne!(after, before);
+
+        // The bounds hold without reading: a sparse giant is refused.
+        File::create(root.join("sparse.bin"))
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        assert!(matches!(
+            walk(root, LIMITS, false),
+            Err(ReadError::TooLarge { .. })
+        ));
     }
 
     #[test]

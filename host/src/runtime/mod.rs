@@ -224,7 +224,9 @@ impl Runtime {
         options: &LoadOptions,
         on_event: &dyn Fn(LoadEvent<'_>),
     ) -> Result<Handler, LoadError> {
-        let source = HandlerSource::resolve(path, options.module.as_deref())?;
+        // Stamped first: an unchanged handler is loaded from the cache
+        // without reading its files (see build::cache::index).
+        let stamped = HandlerSource::stamp(path, options.module.as_deref())?;
         // Grants first: a store that cannot be opened or a secret that is not
         // set fails before a build is spent on the handler.
         let kv = self.grant_stores(options)?;
@@ -245,7 +247,7 @@ impl Runtime {
             SlotMemories::new(self.config.keep_resident_bytes, self.idle_memories.clone());
         let config = engine_config(memories.clone(), &self.stacks);
         let engine = Engine::new(&config).map_err(|error| LoadError::Compile {
-            path: source.path.clone(),
+            path: stamped.path.clone(),
             source: error,
         })?;
         let settings = BuildSettings {
@@ -255,13 +257,14 @@ impl Runtime {
             // A snapshot bigger than any instance may grow to can never run.
             max_component_bytes: self.config.max_memory_bytes + (128 << 20),
         };
-        let ready = build::ensure_built(
-            &engine,
-            &settings,
-            &source,
-            options.venv.as_deref(),
-            on_event,
-        )?;
+        let venv = options.venv.as_deref();
+        let ready = match build::ensure_indexed(&engine, &settings, &stamped, venv, on_event)? {
+            Some(ready) => ready,
+            None => {
+                let source = HandlerSource::resolve(path, options.module.as_deref())?;
+                build::ensure_built(&engine, &settings, &source, venv, on_event)?
+            }
+        };
         let built = ready.built;
         let app_dir = built.dir.join("app");
         let preopens = Preopens::from_handles(
@@ -300,7 +303,7 @@ impl Runtime {
             inner: Arc::new(HandlerInner {
                 prepared: Prepared::new(pre, grants, options.limits.clone()),
                 app_dir,
-                source: source.path,
+                source: stamped.path,
                 entry_module: built.meta.entry_module,
                 cache_hit: built.cache_hit,
                 teardown: self.config.teardown,

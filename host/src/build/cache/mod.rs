@@ -23,6 +23,7 @@
 //! runs from it is authenticated under the owner's key (`seal`).
 
 pub(crate) mod code;
+pub(crate) mod index;
 pub(crate) mod seal;
 
 use std::os::fd::OwnedFd;
@@ -370,6 +371,7 @@ mod tests {
             files: files
                 .iter()
                 .map(|(r, c)| StagedFile {
+                    stamp: Default::default(),
                     relative: (*r).into(),
                     contents: c.as_bytes().to_vec(),
                 })

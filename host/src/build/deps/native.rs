@@ -127,6 +127,7 @@ mod tests {
             files: files
                 .iter()
                 .map(|(relative, contents)| StagedFile {
+                    stamp: Default::default(),
                     relative: (*relative).to_owned(),
                     contents: contents.to_vec(),
                 })
