@@ -89,9 +89,14 @@ def call(app, request):
 def _server(request):
     host = request.headers.get("host", "")
     name, _, port = host.rpartition(":")
-    if not name or not port.isdigit():
+    if not name or not (port.isascii() and port.isdigit()) or len(port) > 5:
         return host or "localhost", "80"
     return name, port
+
+
+def _query_bytes(request):
+    # The query string arrives as text; any byte over 0x7f in it was UTF-8.
+    return request.query_string.encode("utf-8")
 
 
 def _raw_path(request):
@@ -109,7 +114,7 @@ def _wsgi(app, request):
         "SCRIPT_NAME": "",
         # PEP 3333: native strings holding the bytes as Latin-1.
         "PATH_INFO": request.path.encode("utf-8").decode("latin-1"),
-        "QUERY_STRING": request.query_string,
+        "QUERY_STRING": _query_bytes(request).decode("latin-1"),
         "SERVER_NAME": name,
         "SERVER_PORT": port,
         "SERVER_PROTOCOL": "HTTP/1.1",
@@ -124,12 +129,18 @@ def _wsgi(app, request):
         "wsgi.input_terminated": True,
     }
     for key, value in request.headers.items(multi=True):
+        if "_" in key:
+            # X_Forwarded_For would land on HTTP_X_FORWARDED_FOR and pass
+            # for the proxy's header (gunicorn drops them too).
+            continue
         key = key.upper().replace("-", "_")
         if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             environ[key] = value
             continue
         key = "HTTP_" + key
-        environ[key] = f"{environ[key]},{value}" if key in environ else value
+        if key in environ:
+            value = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + value
+        environ[key] = value
     if request.body and "CONTENT_LENGTH" not in environ:
         environ["CONTENT_LENGTH"] = str(len(request.body))
 
@@ -146,7 +157,13 @@ def _wsgi(app, request):
         elif started:
             raise AssertionError("start_response called twice without exc_info")
         started.append([status, headers, False])
-        return chunks.append
+        return write
+
+    def write(data):
+        # Bytes written count as headers sent (PEP 3333's exc_info rule).
+        if started:
+            started[-1][2] = True
+        chunks.append(bytes(data))
 
     result = app(environ, start_response)
     try:
@@ -194,7 +211,7 @@ async def _asgi(app, request):
         "scheme": "http",
         "path": request.path,
         "raw_path": _raw_path(request),
-        "query_string": request.query_string.encode("latin-1"),
+        "query_string": _query_bytes(request),
         "root_path": "",
         "headers": [
             (key.lower().encode("latin-1"), value.encode("latin-1"))
@@ -234,7 +251,16 @@ async def _asgi(app, request):
         else:
             raise RuntimeError(f"pycage serves HTTP only; the app sent {kind!r}")
 
-    await app(scope, receive, send)
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        # Work after a complete response (a background task) failing does
+        # not undo the response: the client gets it, the operator the error.
+        if not finished.is_set():
+            raise
+        import traceback
+
+        traceback.print_exc()
     if not start:
         raise RuntimeError("the ASGI app returned without starting a response")
     finished.set()

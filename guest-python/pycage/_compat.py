@@ -173,11 +173,15 @@ def pbkdf2_hmac(hash_name, password, salt, iterations, dklen=None):
     salt = bytes(memoryview(salt))
     if iterations < 1:
         raise ValueError("iteration value must be greater than 0.")
+    if iterations > 2**31 - 1:
+        raise OverflowError("iteration value is too great.")
     inner = hashlib.new(hash_name)
     if dklen is None:
         dklen = inner.digest_size
     if dklen < 1:
         raise ValueError("key length must be greater than 0.")
+    if dklen > 2**31 - 1:
+        raise OverflowError("key length is too great.")
     mac = hmac.new(password, digestmod=hash_name)
     blocks = []
     length = 0
@@ -238,20 +242,29 @@ class _AfterImport:
 
     def __init__(self):
         self.hooks = {}
+        self.busy = False
 
     def find_spec(self, name, path=None, target=None):
         hook = self.hooks.get(name)
-        if hook is None:
+        # `busy`: another finder asking the meta path again for the same
+        # name must not come back here.
+        if hook is None or self.busy:
             return None
-        for finder in sys.meta_path:
-            if finder is self:
-                continue
-            spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
+        self.busy = True
+        try:
+            for finder in sys.meta_path:
+                if finder is self:
+                    continue
+                spec = getattr(finder, "find_spec", lambda *a: None)(name, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self.busy = False
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            # Once: a reload is the module's own business.
+            del self.hooks[name]
             spec.loader = _Patching(spec.loader, hook)
         return spec
 

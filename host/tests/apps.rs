@@ -135,3 +135,32 @@ async fn an_app_is_chosen_by_module_and_attribute() {
     let error = load("app:not-an-identifier").err().unwrap().to_string();
     assert!(error.contains("not-an-identifier"), "{error}");
 }
+
+/// Headers reach a WSGI app the way gunicorn passes them: a name with an
+/// underscore (which would pass for another header) is dropped, repeated
+/// cookies are joined as one Cookie header, a bad port is ignored.
+#[tokio::test]
+async fn wsgi_environ_cannot_be_spoofed_through_header_names() {
+    let h = handler("apps/bottle");
+    let request = Request::new("GET", "/environ?q=%E2%82%AC")
+        .unwrap()
+        .with_header("host", "example.com:\u{b2}")
+        .unwrap()
+        .with_header("x-forwarded-for", "1.1.1.1")
+        .unwrap()
+        .with_header("x_forwarded_for", "6.6.6.6")
+        .unwrap()
+        .with_header("content_length", "99")
+        .unwrap()
+        .with_header("cookie", "a=1")
+        .unwrap()
+        .with_header("cookie", "b=2")
+        .unwrap();
+    let e = h.dispatch(request).await;
+    let body = json(ok(&e));
+    assert_eq!(body["HTTP_X_FORWARDED_FOR"], "1.1.1.1", "{body}");
+    assert_eq!(body["HTTP_COOKIE"], "a=1; b=2", "{body}");
+    assert!(body["CONTENT_LENGTH"].is_null(), "{body}");
+    assert_eq!(body["QUERY_STRING"], "q=%E2%82%AC", "{body}");
+    assert_eq!(body["SERVER_PORT"], "80", "{body}");
+}

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::fs;
 
 use common::{cache_dir, fixture, get, ok};
-use pycage::{Cache, LoadError, LoadEvent, LoadOptions, Runtime};
+use pycage::{Cache, LoadError, LoadEvent, LoadOptions, Runtime, RuntimeConfig};
 
 fn load_error(relative: &str) -> LoadError {
     match common::runtime().load(&fixture(relative), &LoadOptions::default(), &|_| {}) {
@@ -304,10 +304,11 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// An unchanged handler is loaded from the cache on its files' stamps alone
-/// (build::cache::index); any write is seen, even one that keeps the size
-/// and puts the mtime back; a tree changed too recently to trust its stamps
-/// is read again.
+/// With `trust_file_stamps` (the CLI's), an unchanged handler is loaded from
+/// the cache on its files' stamps alone (build::cache::index); any write is
+/// seen, even one that keeps the size and puts the mtime back; a tree
+/// changed too recently to trust its stamps is read again. Without it
+/// (the default, and `serve`), every load reads.
 #[tokio::test]
 async fn an_unchanged_handler_loads_without_reading_its_files_and_any_write_is_seen() {
     let dir = tempfile::tempdir().unwrap();
@@ -321,7 +322,9 @@ async fn an_unchanged_handler_loads_without_reading_its_files_and_any_write_is_s
     fs::write(root.join("app.py"), source("one")).unwrap();
     fs::create_dir(root.join("lib")).unwrap();
     fs::write(root.join("lib/__init__.py"), "VALUE = '-a'\n").unwrap();
-    let runtime = Runtime::new(Cache::new(cache_dir())).unwrap();
+    let mut config = RuntimeConfig::new(Cache::new(cache_dir()));
+    config.trust_file_stamps = true;
+    let runtime = Runtime::with_config(config).unwrap();
     let events = RefCell::new(Vec::new());
     let record = |event: LoadEvent<'_>| {
         let name = match event {
@@ -365,4 +368,14 @@ async fn an_unchanged_handler_loads_without_reading_its_files_and_any_write_is_s
     fs::write(root.join("extra.py"), "").unwrap();
     load();
     assert_eq!(events.borrow().last(), Some(&"built"));
+
+    // A runtime that does not trust stamps never takes the short way.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    load();
+    let untrusting = Runtime::new(Cache::new(cache_dir())).unwrap();
+    events.borrow_mut().clear();
+    untrusting
+        .load(root, &LoadOptions::default(), &record)
+        .unwrap();
+    assert!(events.borrow().is_empty(), "{:?}", events.borrow());
 }

@@ -77,6 +77,9 @@ pub(crate) struct BuildSettings {
     pub limits: BuildLimits,
     /// The largest component worth compiling (see [`Job`]).
     pub max_component_bytes: u64,
+    /// Record what each handler read looked like (`cache::index`), for
+    /// [`ensure_indexed`]; see `RuntimeConfig::trust_file_stamps`.
+    pub index_stamps: bool,
 }
 
 /// What a build reads besides the handler's own files: the stdlib export.
@@ -102,7 +105,7 @@ pub(crate) fn ensure_built(
     let key = cache::handler_key(&source.entry_spec(), snapshot, &layers);
     if let Some(built) = entry::load(engine, cache, &key)? {
         let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
-        remember(cache, source, venv, &key);
+        remember(settings, source, venv, &key);
         return Ok(Ready { built, stdlib });
     }
 
@@ -177,7 +180,7 @@ pub(crate) fn ensure_built(
         detail: "the entry just built did not load".into(),
     })?;
     built.cache_hit = false;
-    remember(cache, source, venv, &key);
+    remember(settings, source, venv, &key);
     Ok(Ready { built, stdlib })
 }
 
@@ -197,7 +200,7 @@ pub(crate) fn ensure_indexed(
     if venv.is_some() {
         return Ok(None);
     }
-    let Some(key) = cache.indexed(&cache::index::fingerprint(source)) else {
+    let Some(key) = cache.indexed(source) else {
         return Ok(None);
     };
     let Some(built) = entry::load(engine, cache, &key)? else {
@@ -215,9 +218,9 @@ pub(crate) fn ensure_indexed(
 
 /// Index `source` (just read) as `key`, unless a file changed too recently
 /// for its stamp to be trusted.
-fn remember(cache: &Cache, source: &HandlerSource, venv: Option<&Path>, key: &str) {
-    if venv.is_none() && !cache::index::racy(source, source.read_at) {
-        cache.index(&cache::index::fingerprint(source), key);
+fn remember(settings: &BuildSettings, source: &HandlerSource, venv: Option<&Path>, key: &str) {
+    if settings.index_stamps && venv.is_none() && !cache::index::racy(source, source.read_at) {
+        settings.cache.index(source, key);
     }
 }
 

@@ -111,6 +111,9 @@ fn load(
     }
     config.key_value_stores.extend(grants.stores);
     config.outbound_resolve = grants.resolve;
+    // One-shot commands on the user's own directory: an unchanged handler
+    // loads without being read again (see RuntimeConfig::trust_file_stamps).
+    config.trust_file_stamps = true;
     let runtime = Runtime::with_config(config).map_err(Failure::Runtime)?;
     let options = LoadOptions {
         module: args.module.clone(),

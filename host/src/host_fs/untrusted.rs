@@ -765,10 +765,10 @@ mod tests {
         read.files.iter().map(|f| f.relative.as_str()).collect()
     }
 
-    #[test]
-    fn takes_regular_files_and_reports_everything_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
+    /// Two files to take, a cache to leave out quietly, and a link to a
+    /// host file, a link to a directory, a FIFO and a hard link to a file
+    /// in `outside` to skip.
+    fn mixed_tree(root: &Path, outside: &Path) {
         fs::create_dir_all(root.join("pkg/__pycache__")).unwrap();
         fs::write(root.join("app.py"), "x = 1").unwrap();
         fs::write(root.join("pkg/mod.py"), "y = 2").unwrap();
@@ -781,9 +781,16 @@ mod tests {
             Mode::from_raw_mode(0o600),
         )
         .unwrap();
+        fs::write(outside.join("secret"), "s").unwrap();
+        fs::hard_link(outside.join("secret"), root.join("linked")).unwrap();
+    }
+
+    #[test]
+    fn takes_regular_files_and_reports_everything_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
         let outside = tempfile::tempdir().unwrap();
-        fs::write(outside.path().join("secret"), "s").unwrap();
-        fs::hard_link(outside.path().join("secret"), root.join("linked")).unwrap();
+        mixed_tree(root, outside.path());
 
         let read = read(root, LIMITS).unwrap();
         assert_eq!(names(&read), ["app.py", "pkg/mod.py"]);
@@ -799,17 +806,8 @@ mod tests {
     fn stamping_sees_what_reading_sees() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        fs::create_dir_all(root.join("pkg/__pycache__")).unwrap();
-        fs::write(root.join("app.py"), "x = 1").unwrap();
-        fs::write(root.join("pkg/mod.py"), "y = 2").unwrap();
-        fs::write(root.join("pkg/__pycache__/mod.pyc"), "junk").unwrap();
-        symlink("/etc/passwd", root.join("passwd")).unwrap();
-        rustix::fs::mkfifoat(
-            rustix::fs::CWD,
-            root.join("fifo"),
-            Mode::from_raw_mode(0o600),
-        )
-        .unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        mixed_tree(root, outside.path());
         let stamps = |read: &TreeRead| -> Vec<(String, Stamp)> {
             read.files
                 .iter()

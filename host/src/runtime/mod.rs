@@ -81,6 +81,15 @@ pub struct RuntimeConfig {
     /// Names that outbound requests resolve to a fixed address instead of
     /// through DNS (like curl's `--resolve`). Default: none.
     pub outbound_resolve: BTreeMap<String, IpAddr>,
+    /// Load a handler whose files have the same stamps (inode, size,
+    /// mtime, change time) as when it was last read without reading them
+    /// again (`build::cache::index`). Default: off, every load reads every
+    /// file. Stamps vouch for a file only against someone who cannot write
+    /// it unseen: a write through a shared memory mapping can leave them
+    /// unchanged (on tmpfs, for as long as the mapping lives), so turn this
+    /// on where the directory's owner is the one running pycage (the CLI's
+    /// one-shot commands do), not for tenants' directories.
+    pub trust_file_stamps: bool,
 }
 
 /// Where key-value data lives unless configured: `$PYCAGE_DATA_DIR`, else
@@ -126,6 +135,7 @@ impl RuntimeConfig {
             data_dir: default_data_dir(),
             key_value_stores: default_stores(),
             outbound_resolve: BTreeMap::new(),
+            trust_file_stamps: false,
         }
     }
 }
@@ -224,9 +234,15 @@ impl Runtime {
         options: &LoadOptions,
         on_event: &dyn Fn(LoadEvent<'_>),
     ) -> Result<Handler, LoadError> {
-        // Stamped first: an unchanged handler is loaded from the cache
-        // without reading its files (see build::cache::index).
-        let stamped = HandlerSource::stamp(path, options.module.as_deref())?;
+        // With trusted stamps, stamped first: an unchanged handler is loaded
+        // from the cache without reading its files (build::cache::index).
+        let module = options.module.as_deref();
+        let trust = self.config.trust_file_stamps;
+        let stamped = if trust {
+            HandlerSource::stamp(path, module)?
+        } else {
+            HandlerSource::resolve(path, module)?
+        };
         // Grants first: a store that cannot be opened or a secret that is not
         // set fails before a build is spent on the handler.
         let kv = self.grant_stores(options)?;
@@ -256,14 +272,20 @@ impl Runtime {
             limits: self.config.build_limits,
             // A snapshot bigger than any instance may grow to can never run.
             max_component_bytes: self.config.max_memory_bytes + (128 << 20),
+            index_stamps: trust,
         };
         let venv = options.venv.as_deref();
-        let ready = match build::ensure_indexed(&engine, &settings, &stamped, venv, on_event)? {
+        let indexed = match trust {
+            true => build::ensure_indexed(&engine, &settings, &stamped, venv, on_event)?,
+            false => None,
+        };
+        let ready = match indexed {
             Some(ready) => ready,
-            None => {
-                let source = HandlerSource::resolve(path, options.module.as_deref())?;
+            None if trust => {
+                let source = HandlerSource::resolve(path, module)?;
                 build::ensure_built(&engine, &settings, &source, venv, on_event)?
             }
+            None => build::ensure_built(&engine, &settings, &stamped, venv, on_event)?,
         };
         let built = ready.built;
         let app_dir = built.dir.join("app");

@@ -9,7 +9,8 @@
 //! and the entry is loaded without reading them.
 //!
 //! Why a stamp is enough: any write to a file moves its ctime, which no one
-//! can set back (not even with `utimes`); a file replaced by another has
+//! can set back (not even with `utimes`), with the exception below; a
+//! file replaced by another has
 //! another inode or device, or a new ctime. What a stamp cannot tell apart
 //! is two writes within one tick of the filesystem's clock, the second
 //! after the read: so a tree with a file changed less than [`RACY`] before
@@ -17,6 +18,12 @@
 //! could still fool it would only get its own previous build of the same
 //! directory back. The index lives in the private cache root, each record
 //! sealed with the cache's key like every manifest.
+//!
+//! One thing a stamp cannot see: writes through a shared memory mapping
+//! after the first one to a page do not move mtime or ctime (on tmpfs,
+//! never). So the index is only used where the directory's owner is the
+//! one running pycage (`RuntimeConfig::trust_file_stamps`, on for the
+//! CLI's one-shot commands), never for tenants' directories in `serve`.
 
 use std::time::{Duration, SystemTime};
 
@@ -40,7 +47,7 @@ struct Record {
 /// What identifies `source` as it is on disk: the toolchain (through the
 /// key prefix every handler key has), the path, the entry module and app,
 /// and every file's name and stamp, and what was left out.
-pub(crate) fn fingerprint(source: &HandlerSource) -> String {
+fn fingerprint(source: &HandlerSource) -> String {
     let mut h = hasher();
     field(&mut h, b"handler-index");
     let toolchain = super::handler_key(&source.entry_spec(), &Default::default(), &[]);
@@ -81,37 +88,49 @@ pub(crate) fn racy(source: &HandlerSource, read_at: SystemTime) -> bool {
     })
 }
 
+/// Where `source`'s record lives: one per handler path and entry, so that
+/// a handler that keeps changing keeps one record, not one per version.
+fn slot(source: &HandlerSource) -> String {
+    let mut h = hasher();
+    field(&mut h, b"handler-index-slot");
+    field(&mut h, source.path.as_os_str().as_encoded_bytes());
+    field(&mut h, source.entry_spec().as_bytes());
+    short(h)
+}
+
 impl Cache {
-    /// The handler key recorded for `fingerprint`, if a sealed record is there.
-    pub(crate) fn indexed(&self, fingerprint: &str) -> Option<String> {
+    /// The handler key recorded for `source` (stamped) as it is now, if a
+    /// sealed record of exactly these stamps is there.
+    pub(crate) fn indexed(&self, source: &HandlerSource) -> Option<String> {
         let opened = self.open().ok()?;
         let index = private::open_dir(opened.root(), INDEX).ok()?;
-        let (fd, stat) = private::open_file(&index, fingerprint).ok()?;
+        let (fd, stat) = private::open_file(&index, &slot(source)).ok()?;
         let bytes = crate::host_fs::untrusted::read_to_end(fd, &stat, 4096, &self.root).ok()?;
         let record: Record = opened.key().open(CONTEXT, &bytes)?;
-        (record.fingerprint == fingerprint).then_some(record.key)
+        (record.fingerprint == fingerprint(source)).then_some(record.key)
     }
 
-    /// Record that `fingerprint` is `key`. Best effort: a failure only
+    /// Record that `source` (read) is `key`. Best effort: a failure only
     /// means the next load reads the files again.
-    pub(crate) fn index(&self, fingerprint: &str, key: &str) {
+    pub(crate) fn index(&self, source: &HandlerSource, key: &str) {
         let Ok(opened) = self.open() else { return };
         let dir = self.root.join(INDEX);
         if private::create_dir_all(&dir).is_err() {
             return;
         }
         let record = Record {
-            fingerprint: fingerprint.to_owned(),
+            fingerprint: fingerprint(source),
             key: key.to_owned(),
         };
         let sealed = opened.key().seal(CONTEXT, &record);
+        let slot = slot(source);
         let temporary = dir.join(format!(
-            ".{fingerprint}.{}.{:x}",
+            ".{slot}.{}.{:x}",
             std::process::id(),
             rand_suffix()
         ));
         if private::write_file(&temporary, &sealed).is_ok()
-            && std::fs::rename(&temporary, dir.join(fingerprint)).is_err()
+            && std::fs::rename(&temporary, dir.join(&slot)).is_err()
         {
             let _ = std::fs::remove_file(&temporary);
         }
