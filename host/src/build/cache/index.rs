@@ -9,9 +9,9 @@
 //! and the entry is loaded without reading them.
 //!
 //! Why a stamp is enough: any write to a file moves its ctime, which no one
-//! can set back (not even with `utimes`), with the exception below; a
-//! file replaced by another has
-//! another inode or device, or a new ctime. What a stamp cannot tell apart
+//! can set back (not even with `utimes`), with the exception below; a file
+//! replaced by another has another inode or device, or a new ctime. What a
+//! stamp cannot tell apart
 //! is two writes within one tick of the filesystem's clock, the second
 //! after the read: so a tree with a file changed less than [`RACY`] before
 //! it was read is not indexed (as git does with its index). A tenant who
