@@ -15,7 +15,7 @@ def` handlers on it. The request's deadline still ends everything: the
 host stops the instance whatever the loop is waiting for.
 """
 
-__all__ = ["install", "loop_class", "run"]
+__all__ = ["drop_pollable", "install", "loop_class", "run"]
 
 # asyncio is imported on first use, not with pycage: a handler that never
 # awaits anything keeps it out of its snapshot (see the glue's warm-up).
@@ -55,7 +55,7 @@ class _PollSelector:
             ready = io_poll.poll(pollables)
         finally:
             if clock is not None:
-                _drop(clock)
+                drop_pollable(clock)
         return [i for i in ready if i < len(self.waiting)]
 
     def fired(self, indices):
@@ -65,7 +65,7 @@ class _PollSelector:
             pollable, future = self.waiting[index]
             if not future.done():
                 future.set_result(None)
-            _drop(pollable)
+            drop_pollable(pollable)
         self.waiting = [w for i, w in enumerate(self.waiting) if i not in done]
 
     def forget(self, pollable):
@@ -74,18 +74,18 @@ class _PollSelector:
             if held is pollable:
                 del self.waiting[index]
                 future.cancel()
-                _drop(held)
+                drop_pollable(held)
                 return
 
     def close(self):
         waiting, self.waiting = self.waiting, []
         for pollable, future in waiting:
             future.cancel()
-            _drop(pollable)
+            drop_pollable(pollable)
 
 
-def _drop(pollable):
-    # Safe to call twice: a pollable already dropped has no handle.
+def drop_pollable(pollable):
+    """Drop a pollable now; safe to call twice (a dropped one has no handle)."""
     if pollable.handle is not None:
         pollable.__exit__(None, None, None)
 

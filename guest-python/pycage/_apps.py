@@ -51,10 +51,8 @@ def find(module):
     """The WSGI or ASGI app `module` offers, or None."""
     for attribute in _ATTRIBUTES:
         obj = getattr(module, attribute, None)
-        if obj is None or not callable(obj) or inspect.isclass(obj) or inspect.ismodule(obj):
-            continue
-        kind = "asgi" if _is_asgi(obj) else "wsgi"
-        return App(obj, kind, f"{module.__name__}:{attribute}")
+        if obj is not None and _servable(obj):
+            return _app(module, attribute, obj)
     return None
 
 
@@ -63,15 +61,26 @@ def named(module, attribute):
     if not hasattr(module, attribute):
         raise AttributeError(f"module {module.__name__!r} has no attribute {attribute!r} to serve as an app")
     obj = getattr(module, attribute)
-    if not callable(obj) or inspect.isclass(obj):
+    if not _servable(obj):
         raise TypeError(
             f"{module.__name__}:{attribute} is a {type(obj).__name__}, not a WSGI or ASGI app"
         )
-    kind = "asgi" if _is_asgi(obj) else "wsgi"
+    return _app(module, attribute, obj)
+
+
+def _servable(obj):
+    return callable(obj) and not inspect.isclass(obj) and not inspect.ismodule(obj)
+
+
+def _app(module, attribute, obj):
+    kind = "asgi" if is_async_callable(obj) else "wsgi"
     return App(obj, kind, f"{module.__name__}:{attribute}")
 
 
-def _is_asgi(obj):
+def is_async_callable(obj):
+    """Whether calling `obj` gives a coroutine: an `async def` function, or
+    an object whose class's `__call__` is one (an ASGI app such as
+    Starlette's)."""
     if inspect.iscoroutinefunction(obj):
         return True
     call = getattr(type(obj), "__call__", None)

@@ -121,7 +121,7 @@ async def fetch_async(url, *, method="GET", headers=None, body=None, json=None, 
                 # it was made from (a parent dropped before its child traps).
                 if ours:
                     loop.forget(pollable)
-                _aio._drop(pollable)
+                _aio.drop_pollable(pollable)
                 steps.close()
                 raise
             pollable = steps.send(None)

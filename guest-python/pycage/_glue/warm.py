@@ -5,8 +5,6 @@ interpreter has specialised, instead of every request's fresh instance
 doing it again.
 """
 
-import inspect
-
 from componentize_py_types import Err
 from wit_world.exports import handler as wit
 
@@ -62,11 +60,7 @@ def _uses_async(routes):
 
     if _apps.APP is not None and _apps.APP.kind == "asgi":
         return True
-    return "asyncio" in sys.modules or any(
-        inspect.iscoroutinefunction(r.func)
-        or inspect.iscoroutinefunction(getattr(r.func, "__call__", None))
-        for r in routes
-    )
+    return "asyncio" in sys.modules or any(_apps.is_async_callable(r.func) for r in routes)
 
 
 def _warm_async():

@@ -186,9 +186,10 @@ pub(crate) fn ensure_built(
 
 /// The entry of an unchanged handler, found from its files' stamps alone
 /// (`source` from [`HandlerSource::stamp`], see `cache::index`); `None`
-/// if the handler is not known as it is now: then it is read and built as
-/// usual. A handler with a virtualenv always is (the environment is
-/// another tree, outside the index).
+/// if stamps are not trusted (`BuildSettings::index_stamps`) or the
+/// handler is not known as it is now: then it is read and built as usual.
+/// A handler with a virtualenv always is (the environment is another
+/// tree, outside the index).
 pub(crate) fn ensure_indexed(
     engine: &Engine,
     settings: &BuildSettings,
@@ -197,7 +198,7 @@ pub(crate) fn ensure_indexed(
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<Option<Ready>, LoadError> {
     let cache = &settings.cache;
-    if venv.is_some() {
+    if !settings.index_stamps || venv.is_some() {
         return Ok(None);
     }
     let Some(key) = cache.indexed(source) else {

@@ -398,10 +398,7 @@ fn split_app<'a>(
     let Some((name, app)) = module.and_then(|m| m.split_once(':')) else {
         return Ok((module, None));
     };
-    let mut chars = app.chars();
-    let identifier = matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
-    if !identifier {
+    if !is_identifier(app) {
         return Err(LoadError::BadModuleName {
             path: path.to_path_buf(),
             name: module.unwrap_or_default().to_owned(),
@@ -410,13 +407,15 @@ fn split_app<'a>(
     Ok(((!name.is_empty()).then_some(name), Some(app.to_owned())))
 }
 
+/// An ASCII Python identifier.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
 fn check_module_name(path: &Path, name: &str) -> Result<(), LoadError> {
-    let valid = !name.is_empty()
-        && name.split('.').all(|part| {
-            let mut chars = part.chars();
-            matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
-                && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
-        });
+    let valid = !name.is_empty() && name.split('.').all(is_identifier);
     if !valid {
         return Err(LoadError::BadModuleName {
             path: path.to_path_buf(),

@@ -234,11 +234,12 @@ impl Runtime {
         options: &LoadOptions,
         on_event: &dyn Fn(LoadEvent<'_>),
     ) -> Result<Handler, LoadError> {
-        // With trusted stamps, stamped first: an unchanged handler is loaded
-        // from the cache without reading its files (build::cache::index).
+        // With trusted stamps, only stamped first: an unchanged handler is
+        // loaded from the cache without reading its files
+        // (build::cache::index); otherwise read at once.
         let module = options.module.as_deref();
         let trust = self.config.trust_file_stamps;
-        let stamped = if trust {
+        let source = if trust {
             HandlerSource::stamp(path, module)?
         } else {
             HandlerSource::resolve(path, module)?
@@ -263,7 +264,7 @@ impl Runtime {
             SlotMemories::new(self.config.keep_resident_bytes, self.idle_memories.clone());
         let config = engine_config(memories.clone(), &self.stacks);
         let engine = Engine::new(&config).map_err(|error| LoadError::Compile {
-            path: stamped.path.clone(),
+            path: source.path.clone(),
             source: error,
         })?;
         let settings = BuildSettings {
@@ -275,17 +276,14 @@ impl Runtime {
             index_stamps: trust,
         };
         let venv = options.venv.as_deref();
-        let indexed = match trust {
-            true => build::ensure_indexed(&engine, &settings, &stamped, venv, on_event)?,
-            false => None,
-        };
-        let ready = match indexed {
+        let ready = match build::ensure_indexed(&engine, &settings, &source, venv, on_event)? {
             Some(ready) => ready,
+            // Only stamped: the build needs the files themselves.
             None if trust => {
-                let source = HandlerSource::resolve(path, module)?;
-                build::ensure_built(&engine, &settings, &source, venv, on_event)?
+                let read = HandlerSource::resolve(path, module)?;
+                build::ensure_built(&engine, &settings, &read, venv, on_event)?
             }
-            None => build::ensure_built(&engine, &settings, &stamped, venv, on_event)?,
+            None => build::ensure_built(&engine, &settings, &source, venv, on_event)?,
         };
         let built = ready.built;
         let app_dir = built.dir.join("app");
@@ -325,7 +323,7 @@ impl Runtime {
             inner: Arc::new(HandlerInner {
                 prepared: Prepared::new(pre, grants, options.limits.clone()),
                 app_dir,
-                source: stamped.path,
+                source: source.path,
                 entry_module: built.meta.entry_module,
                 cache_hit: built.cache_hit,
                 teardown: self.config.teardown,
