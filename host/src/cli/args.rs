@@ -71,7 +71,7 @@ pub struct HandlerArgs {
 
     /// Entry module of a directory handler [default: the first of app, handler, main];
     /// MODULE:APP (or :APP) serves the module's attribute APP as a WSGI or ASGI app
-    #[arg(long, alias = "app", value_name = "MODULE[:APP]")]
+    #[arg(long, visible_alias = "app", value_name = "MODULE[:APP]")]
     pub module: Option<String>,
 
     /// Also make this virtualenv's packages importable (copied in, read-only; `.pth` files are
@@ -137,7 +137,12 @@ pub struct ServeArgs {
 
     /// Entry module of a directory handler [default: the first of app, handler, main];
     /// MODULE:APP (or :APP) serves the module's attribute APP as a WSGI or ASGI app
-    #[arg(long, alias = "app", value_name = "MODULE[:APP]", requires = "handler")]
+    #[arg(
+        long,
+        visible_alias = "app",
+        value_name = "MODULE[:APP]",
+        requires = "handler"
+    )]
     pub module: Option<String>,
 
     /// Virtualenv whose packages the handler may import (with --config: `venv` per tenant)
