@@ -135,8 +135,9 @@ pub enum LoadError {
     Venv { path: PathBuf, message: String },
 
     #[error(
-        "{}: declares dependencies, but neither pip (`python3 -m pip`) nor uv is on PATH; \
-         install one of them (for example `apt install python3-pip`) and build again",
+        "{}: declares dependencies, which pycage installs with its own pip run by \
+         `python3` (3.10 or newer), and there is no such python3 on PATH; install one \
+         (for example `apt install python3`) and build again",
         shown(path)
     )]
     NoInstaller { path: PathBuf },
@@ -154,16 +155,31 @@ pub enum LoadError {
 
     #[error(
         "{}: `{}` has no pure-Python wheel; its wheels are native (extension \
-         module {}) and cannot run in the sandbox's WebAssembly CPython; use a \
+         module {}) and cannot run in the sandbox's WebAssembly CPython, and {}; use a \
          pure-Python alternative",
         shown(path),
         text(requirement),
-        text(modules)
+        text(modules),
+        crate::guest_text::block(source_build, 8 << 10)
     )]
     NativeOnly {
         path: PathBuf,
         requirement: String,
         modules: String,
+        /// Why its source distribution did not give a pure wheel either.
+        source_build: String,
+    },
+
+    #[error(
+        "{}: `{}` has no pure-Python wheel, and {}",
+        shown(path),
+        text(requirement),
+        crate::guest_text::block(detail, 8 << 10)
+    )]
+    SourceBuild {
+        path: PathBuf,
+        requirement: String,
+        detail: String,
     },
 
     #[error(

@@ -88,13 +88,13 @@ impl Default for Limits {
 
 /// Bounds on one cache-miss build, which runs the tenant's module-level
 /// code: enforced on the build worker process (see
-/// `pycage::BuildIsolation::Process`). Installing declared dependencies
-/// shares the timeout.
+/// `pycage::BuildIsolation::Process`), and on installing its declared
+/// dependencies (source distributions built in the sandbox included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BuildLimits {
-    /// Wall clock, for the import, the snapshot and the compile together
-    /// (installing dependencies has its own share of the same budget).
-    /// Default: 120 s.
+    /// Wall clock, for the import, the snapshot and the compile together;
+    /// installing dependencies that are not cached yet gets the same again,
+    /// before. Default: 120 s.
     pub timeout: Duration,
     /// Memory of the build process (`RLIMIT_DATA`). Default: 1.5 GiB (a
     /// build of a small handler peaks near 450 MB).

@@ -164,3 +164,35 @@ async fn wsgi_environ_cannot_be_spoofed_through_header_names() {
     assert_eq!(body["QUERY_STRING"], "q=%E2%82%AC", "{body}");
     assert_eq!(body["SERVER_PORT"], "80", "{body}");
 }
+
+#[tokio::test]
+async fn a_flask_app_with_templates_and_a_blueprint_is_served_as_wsgi() {
+    // Flask needs MarkupSafe, which has no pure-Python wheel: the build made
+    // one from its source distribution inside the sandbox.
+    let h = handler("apps/flask");
+    let routes = h.routes().await.unwrap();
+    assert_eq!(routes[0].handler, "wsgi app app:app");
+    let e = send(&h, "GET", "/?name=%3Cb%3Eada%3C/b%3E", b"").await;
+    assert_eq!(text(&e).trim(), "<h1>Hello, &lt;b&gt;ada&lt;/b&gt;!</h1>");
+    // The blueprint, mounted at /shop: a template with url_for, and JSON.
+    let e = send(&h, "GET", "/shop/", b"").await;
+    assert_eq!(
+        text(&e).trim(),
+        "<ul><li>tea: 3.50</li><li>cake: 4.25</li></ul><a href=\"/shop/tea\">tea</a>"
+    );
+    let e = send(&h, "GET", "/shop/cake", b"").await;
+    assert_eq!(
+        json(ok(&e)),
+        serde_json::json!({"item": "cake", "price": 4.25})
+    );
+    let e = send(&h, "POST", "/echo", br#"{"a": [1, 2]}"#).await;
+    assert_eq!(
+        json(ok(&e)),
+        serde_json::json!({"got": {"a": [1, 2]}, "agent": "apps-test"})
+    );
+    // The app's own error handler, through abort() in the blueprint.
+    let e = send(&h, "GET", "/shop/nope", b"").await;
+    assert_eq!(ok(&e).status, 404);
+    assert_eq!(json(ok(&e))["path"], "/shop/nope");
+    assert_eq!(ok(&send(&h, "DELETE", "/echo", b"").await).status, 405);
+}

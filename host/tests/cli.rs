@@ -254,7 +254,7 @@ fn declared_dependencies_without_pip_or_uv_name_what_to_install() {
         "{err}"
     );
     assert!(
-        err.contains("pip") && err.contains("uv") && err.contains("install"),
+        err.contains("its own pip") && err.contains("python3") && err.contains("install"),
         "{err}"
     );
     assert!(stdout(&out).is_empty());

@@ -222,10 +222,14 @@ fn a_package_with_only_native_wheels_is_refused_naming_the_extension() {
         LoadError::NativeOnly {
             requirement,
             modules,
+            source_build,
             ..
         } => {
             assert!(requirement.starts_with("pydantic-core"), "{error}");
             assert!(modules.contains("pydantic_core._pydantic_core"), "{error}");
+            // Its sdist needs maturin (a Rust build tool, native wheels
+            // only) to build: that is said too.
+            assert!(source_build.contains("maturin"), "{error}");
         }
         other => panic!("expected NativeOnly, got {other:?}"),
     }
@@ -320,5 +324,112 @@ async fn a_handler_without_dependencies_cannot_reach_another_tenants_layer() {
     assert_eq!(
         json(ok(&get(&with_layer, "/where").await))["versions"]["attrs"],
         "25.3.0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_without_a_pure_wheel_are_built_from_source_inside_the_sandbox() {
+    // markupsafe, pyyaml and msgpack publish native wheels and an sdist
+    // with a pure-Python fallback: each is built in the sandbox, where no
+    // C extension can compile.
+    let cache = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(Cache::new(cache.path())).unwrap();
+    let building = std::sync::Mutex::new(Vec::new());
+    let handler = runtime
+        .load(&fixture("sdists"), &LoadOptions::default(), &|event| {
+            if let pycage::LoadEvent::BuildingFromSource { requirement } = event {
+                building.lock().unwrap().push(requirement.to_owned());
+            }
+        })
+        .unwrap();
+    let mut built = building.into_inner().unwrap();
+    built.sort();
+    assert_eq!(built.len(), 3, "{built:?}");
+    assert!(built[0].starts_with("markupsafe==3.0.3"), "{built:?}");
+    assert!(built[1].starts_with("msgpack==1.1.2"), "{built:?}");
+    assert!(built[2].starts_with("pyyaml==6.0.3"), "{built:?}");
+
+    let packed = json(ok(&get(&handler, "/msgpack").await));
+    assert_eq!(packed["implementation"], "msgpack.fallback");
+    assert_eq!(
+        packed["back"],
+        serde_json::json!({"n": [1, 2, 3], "s": "é"})
+    );
+    assert_eq!(packed["packed"], "82a16e93010203a173a2c3a9");
+    let escaped = json(ok(&get(&handler, "/escape?s=%3Ca%26b%3E").await));
+    assert_eq!(escaped["escaped"], "&lt;a&amp;b&gt;");
+    assert_eq!(escaped["speedups"], "markupsafe", "the pure-Python escape");
+    let parsed = common::send(
+        &handler,
+        pycage::Request::new("POST", "/yaml")
+            .unwrap()
+            .with_body(b"a: [1, 2]\nb: {c: true}\n".to_vec()),
+    )
+    .await;
+    assert_eq!(
+        json(ok(&parsed)),
+        serde_json::json!({"parsed": {"a": [1, 2], "b": {"c": true}}, "libyaml": false})
+    );
+
+    // The layer records what was built, and the wheels are kept: another
+    // handler needing one of them does not build it again.
+    let layer = fs::read_dir(cache.path().join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("layer.json").is_file())
+        .unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(layer.join("layer.json")).unwrap()).unwrap();
+    let from_source = record["built_from_source"].as_array().unwrap();
+    assert_eq!(from_source.len(), 3, "{record}");
+    assert!(
+        from_source
+            .iter()
+            .all(|w| w.as_str().unwrap().ends_with("-py3-none-any.whl")),
+        "{record}"
+    );
+    let again = handler_declaring("msgpack==1.1.2");
+    let rebuilt = std::sync::atomic::AtomicBool::new(false);
+    runtime
+        .load(again.path(), &LoadOptions::default(), &|event| {
+            if matches!(event, pycage::LoadEvent::BuildingFromSource { .. }) {
+                rebuilt.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .unwrap();
+    assert!(!rebuilt.into_inner(), "the kept wheel was reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirements_are_resolved_for_the_guest_python_not_the_host() {
+    // networkx 3.7 requires Python >= 3.12 (the host's may be older);
+    // markers are evaluated as CPython 3.14 on WASI.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("app.py"),
+        "import importlib.util, sys\n\
+         from pycage import route\n\
+         @route('/')\n\
+         def i():\n\
+         \x20   import networkx\n\
+         \x20   g = networkx.path_graph(4)\n\
+         \x20   return {'networkx': networkx.__version__,\n\
+         \x20           'path': networkx.shortest_path_length(g, 0, 3),\n\
+         \x20           'six': importlib.util.find_spec('six') is not None,\n\
+         \x20           'idna': importlib.util.find_spec('idna') is not None}\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.path().join("pyproject.toml"),
+        "[project]\nname = \"x\"\nversion = \"0\"\ndependencies = [\n\
+         \"networkx==3.7\",\n\
+         \"six==1.17.0; sys_platform == 'wasi' and python_version >= '3.14'\",\n\
+         \"idna==3.10; sys_platform == 'linux'\",\n]\n",
+    )
+    .unwrap();
+    let handler = load(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        json(ok(&get(&handler, "/").await)),
+        serde_json::json!({"networkx": "3.7", "path": 3, "six": true, "idna": false})
     );
 }

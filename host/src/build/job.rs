@@ -40,8 +40,10 @@ pub(crate) const MAX_OUTCOME_BYTES: u64 = 1 << 20;
 pub(crate) enum JobKind {
     /// Import a handler and compile the snapshot.
     Handler,
-    /// Run the standard-library exporter; its output is the product.
-    Stdlib,
+    /// Run one of pycage's build-time helpers (the standard-library
+    /// exporter, the source-distribution builder): what it writes is the
+    /// product, the component is discarded.
+    Helper,
 }
 
 /// One build, as the host hands it to a worker.
@@ -100,7 +102,7 @@ pub(crate) fn run(job: &Job) -> Outcome {
         &job.app_module,
         &component_wasm,
     );
-    if job.kind == JobKind::Stdlib {
+    if job.kind == JobKind::Helper {
         return match generated {
             Ok(()) => Outcome::Built(BuiltFacts::default()),
             Err(detail) => Outcome::Failed(detail),

@@ -56,6 +56,9 @@ pub enum LoadEvent<'a> {
         installer: &'a str,
         requirements: &'a [String],
     },
+    /// A requirement with no pure-Python wheel is being built from its
+    /// source distribution, inside the sandbox.
+    BuildingFromSource { requirement: &'a str },
     /// A virtualenv directory is copied in and granted read-only.
     Granting { path: &'a Path },
     /// The handler is being built (cache miss).
@@ -109,9 +112,17 @@ pub(crate) fn ensure_built(
         return Ok(Ready { built, stdlib });
     }
 
-    let deadline = Instant::now() + settings.limits.timeout;
-    deps::install_missing(&layers, cache, &settings.limits, on_event)?;
+    // Installing dependencies (building source distributions included)
+    // has a timeout of its own; the image build then gets the whole budget.
+    deps::install_missing(
+        &layers,
+        cache,
+        &settings.isolation,
+        &settings.limits,
+        on_event,
+    )?;
     let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
+    let deadline = Instant::now() + settings.limits.timeout;
     let started = Instant::now();
     on_event(LoadEvent::Building {
         source: &source.path,
@@ -132,7 +143,6 @@ pub(crate) fn ensure_built(
         out_dir: out.clone(),
         max_component_bytes: settings.max_component_bytes,
     };
-    // Installing dependencies spent part of the build's time.
     let limits = BuildLimits {
         timeout: deadline.saturating_duration_since(Instant::now()),
         ..settings.limits

@@ -43,7 +43,7 @@ pub(crate) fn ensure(
     // The exporter writes to /0 while being imported; the component
     // componentize-py then makes is of no use and is discarded.
     let job = Job {
-        kind: JobKind::Stdlib,
+        kind: JobKind::Helper,
         cache_root: cache.root().to_path_buf(),
         wit_dir: wit_dir.clone(),
         python_path: vec![out.clone(), exporter.clone()],

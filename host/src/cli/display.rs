@@ -59,9 +59,15 @@ impl Reporter {
                 requirements,
             } if self.progress => {
                 eprintln!(
-                    "pycage: installing {} from {} with {installer} (pure-Python wheels only)...",
+                    "pycage: installing {} from {} with {installer}...",
                     requirements.join(", "),
                     pyproject.display()
+                );
+            }
+            LoadEvent::BuildingFromSource { requirement } if self.progress => {
+                eprintln!(
+                    "pycage: building {} from source inside the sandbox (no pure-Python wheel)...",
+                    escape_controls(requirement)
                 );
             }
             LoadEvent::Building { source } if self.progress => {

@@ -89,6 +89,10 @@ pub(crate) const STDLIB_EXPORTER: &str =
     include_str!("../../../guest-python/pycage_stdlib_export.py");
 pub(crate) const STDLIB_EXPORTER_MODULE: &str = "pycage_stdlib_export";
 
+/// Build-time helper that builds a source distribution into a wheel.
+pub(crate) const SDIST_BUILDER: &str = include_str!("../../../guest-python/pycage_sdist_build.py");
+pub(crate) const SDIST_BUILDER_MODULE: &str = "pycage_sdist_build";
+
 /// Write the framework plus its per-build configuration into `dir`
 /// (mounted at /0 during pre-initialisation).
 pub(crate) fn write_framework(

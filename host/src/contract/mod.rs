@@ -16,6 +16,10 @@ pub(crate) const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 pub(crate) const WASMTIME_VERSION: &str = "46.0.3";
 /// The CPython version componentize-py embeds: dependencies are resolved for it.
 pub const GUEST_PYTHON_VERSION: &str = "3.14";
+/// The guest's PEP 508 environment markers, as its interpreter reports
+/// them (`platform`, `sys`, `os` inside the sandbox): the installer
+/// evaluates requirements' markers with these, not the host's.
+pub(crate) const GUEST_MARKERS: &str = r#"{"implementation_name": "cpython", "implementation_version": "3.14.0", "os_name": "posix", "platform_machine": "wasm32", "platform_python_implementation": "CPython", "platform_release": "0.0.0", "platform_system": "wasi", "platform_version": "0.0.0", "python_full_version": "3.14.0", "python_version": "3.14", "sys_platform": "wasi"}"#;
 /// The cache tag of the guest's bytecode files (`__pycache__/x.cpython-314.pyc`).
 pub(crate) const PYC_TAG: &str = "cpython-314";
 

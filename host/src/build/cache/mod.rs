@@ -133,6 +133,11 @@ impl Cache {
         self.root.join("layers").join(key)
     }
 
+    /// pycage's own tools (the pinned pip wheel).
+    pub(crate) fn tools_dir(&self) -> PathBuf {
+        self.root.join("tools")
+    }
+
     /// Cranelift's incremental compilation cache (see `code_cache`).
     pub(crate) fn code_dir(&self) -> PathBuf {
         self.root.join("code")
@@ -318,6 +323,11 @@ pub(crate) fn layer_key(requirements: &[String]) -> String {
     let mut h = hasher();
     field(&mut h, b"dependency-layer");
     field(&mut h, contract::GUEST_PYTHON_VERSION.as_bytes());
+    // How it was installed: the pinned pip and pycage's driver, and the
+    // helper that builds source distributions.
+    field(&mut h, crate::build::deps::install::PIP_VERSION.as_bytes());
+    field(&mut h, crate::build::deps::install::DRIVER.as_bytes());
+    field(&mut h, framework::SDIST_BUILDER.as_bytes());
     for requirement in requirements {
         field(&mut h, requirement.as_bytes());
     }

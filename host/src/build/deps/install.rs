@@ -1,126 +1,152 @@
-//! Installing a handler's declared dependencies into a cached layer with pip
-//! (or uv), as pure-Python wheels only.
+//! Installing a handler's declared dependencies into a cached layer with
+//! pycage's own, pinned pip, resolving for the guest.
 //!
-//! Only wheels are accepted (`--only-binary=:all:`): building a source
-//! distribution would run the package's own build code on the host, outside
-//! any sandbox. pip is also told the guest's platform (any), implementation
-//! (pure Python) and version, so that it picks pure wheels where a package
-//! offers both kinds. Requirements are limited to index names and versions
-//! (see `pyproject::dependencies`), so a tenant cannot point the installer
-//! at a URL or a host path.
+//! pip comes from the package index as a hash-pinned wheel, cached once,
+//! and runs under the host's `python3` through `installer.py`, which gives
+//! it the guest's environment markers (CPython 3.14 on WASI) whatever
+//! interpreter runs it; `--python-version` makes `Requires-Python` the
+//! guest's too. So the result depends on neither the host's pip nor its
+//! Python. Only wheels are installed (`--only-binary=:all:`, pure ones:
+//! platform any, implementation py, abi none): a requirement with no pure
+//! wheel has its source distribution built inside the sandbox
+//! (`sdist`), never on the host. Requirements are limited to index names
+//! and versions (see `pyproject::dependencies`), so a tenant cannot point
+//! the installer at a URL or a host path.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use super::native;
+use serde::Deserialize;
+
+use super::{native, sdist};
+use crate::build::cache::Cache;
 use crate::build::stage::{self, Tree};
 use crate::build::supervise::{self, Stop};
-use crate::contract::GUEST_PYTHON_VERSION;
+use crate::build::worker::BuildIsolation;
+use crate::contract::{GUEST_MARKERS, GUEST_PYTHON_VERSION};
 use crate::error::LoadError;
 use crate::limits::BuildLimits;
 
-/// How pip is run: `-I` (isolated) keeps the working directory and the
-/// PYTHON* environment out of `sys.path`, so no file of a tenant's can stand
-/// in for pip's own modules.
-const PIP_PREFIX: &[&str] = &["-I", "-m", "pip"];
+/// The pip pycage installs with: version, wheel, its sha256 and where the
+/// package index serves it.
+pub(crate) const PIP_VERSION: &str = "26.3";
+const PIP_WHEEL: &str = "pip-26.3-py3-none-any.whl";
+const PIP_SHA256: &str = "f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa375bd0f4a797777940fad13";
+const PIP_URL: &str = "https://files.pythonhosted.org/packages/07/25/\
+    ee8c38ae72d66b844ce8eb9711ba905dba21ca1a8a0c960057c41cd23337/pip-26.3-py3-none-any.whl";
+/// The driver the host's python3 runs (see its docstring).
+pub(crate) const DRIVER: &str = include_str!("installer.py");
+/// The interpreter that runs pip (never a package's code).
+const PYTHON: &str = "python3";
+/// Most source distributions one install builds in the sandbox.
+const MAX_SOURCE_BUILDS: usize = 8;
+/// Largest source distribution downloaded.
+const MAX_SDIST_BYTES: u64 = 64 << 20;
 
-/// The program that installs packages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Installer {
-    /// `python3 -I -m pip`
-    Pip,
-    /// `uv pip`
-    Uv,
+/// pycage's pip, ready to run: its cached wheel and the driver script.
+pub(crate) struct Pip {
+    wheel: PathBuf,
+    driver: PathBuf,
 }
 
-impl Installer {
-    pub fn name(self) -> &'static str {
-        match self {
-            Installer::Pip => "pip",
-            Installer::Uv => "uv",
+/// A source distribution the driver fetched.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Sdist {
+    pub file: String,
+    pub sha256: String,
+    pub requires: Vec<String>,
+    pub backend: String,
+    pub backend_path: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Fetched {
+    found: bool,
+    #[serde(flatten)]
+    sdist: Option<Sdist>,
+}
+
+impl Pip {
+    /// The pinned pip, downloaded into the cache on first use, with the
+    /// driver written into `work`.
+    pub(crate) fn ensure(
+        cache: &Cache,
+        work: &Path,
+        pyproject: &Path,
+        deadline: Instant,
+        limits: &BuildLimits,
+    ) -> Result<Pip, LoadError> {
+        let driver = work.join("installer.py");
+        fs::write(&driver, DRIVER).map_err(|e| cache.error(&driver, e))?;
+        let no_python = || LoadError::NoInstaller {
+            path: pyproject.to_path_buf(),
+        };
+        let works = Command::new(PYTHON)
+            .args([
+                "-I",
+                "-c",
+                "import sys; sys.exit(sys.version_info < (3, 10))",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !works {
+            return Err(no_python());
         }
+        let tools = cache.tools_dir();
+        let wheel = tools.join(PIP_WHEEL);
+        if !wheel.is_file() {
+            let scratch = cache.scratch_for(&wheel)?;
+            let fetched = scratch.path().join(PIP_WHEEL);
+            let mut command = Command::new(PYTHON);
+            command
+                .arg("-I")
+                .arg(&driver)
+                .args(["fetch-pip", PIP_URL, PIP_SHA256])
+                .arg(&fetched)
+                .current_dir(scratch.path())
+                .stdin(Stdio::null());
+            run(command, scratch.path(), deadline, limits).map_err(|failure| {
+                LoadError::DependencyInstall {
+                    path: pyproject.to_path_buf(),
+                    installer: "pip",
+                    detail: format!(
+                        "could not fetch pycage's pip {PIP_VERSION} ({PIP_URL}):\n{}",
+                        tail(&failure.output, 12)
+                    ),
+                }
+            })?;
+            // First one wins if two builds fetch at once; both checked the hash.
+            if let Err(e) = fs::rename(&fetched, &wheel)
+                && !wheel.is_file()
+            {
+                return Err(cache.error(&wheel, e));
+            }
+        }
+        Ok(Pip { wheel, driver })
     }
 
-    /// pip if `python3 -I -m pip` works, else uv if `uv` is on PATH.
-    pub fn detect() -> Option<Installer> {
-        let empty = tempfile::tempdir().ok()?;
-        let works = |program: &str, args: &[&str]| {
-            Command::new(program)
-                .args(args)
-                .current_dir(empty.path())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if works("python3", &[PIP_PREFIX, &["--version"]].concat()) {
-            Some(Installer::Pip)
-        } else if works("uv", &["--version"]) {
-            Some(Installer::Uv)
-        } else {
-            None
-        }
-    }
-
-    /// The install command for `requirements` into `target`. `pure` targets
-    /// the guest: pure-Python wheels for its Python version. Without it the
-    /// host's own platform and version are used, only to find out which
-    /// native module a package that failed needs.
-    fn command(self, cwd: &Path, target: &Path, requirements: &[String], pure: bool) -> Command {
-        let mut command = match self {
-            Installer::Pip => {
-                let mut c = Command::new("python3");
-                c.args(PIP_PREFIX);
-                c.args(["install", "--disable-pip-version-check", "--no-input"]);
-                c.args(["--no-warn-conflicts", "--no-warn-script-location"]);
-                c.arg("--root-user-action=ignore");
-                c.args(["--no-compile", "--only-binary=:all:"]);
-                // What a tenant makes the host download stays out of the
-                // operator's pip cache.
-                c.arg("--no-cache-dir");
-                if pure {
-                    c.args([
-                        "--platform",
-                        "any",
-                        "--implementation",
-                        "py",
-                        "--abi",
-                        "none",
-                    ]);
-                } else {
-                    c.arg("--no-deps");
-                }
-                c
-            }
-            Installer::Uv => {
-                // uv has no "pure wheels only" platform: it picks wheels for
-                // the host, and the native-module scan refuses what cannot run.
-                let mut c = Command::new("uv");
-                c.args([
-                    "pip",
-                    "install",
-                    "--only-binary",
-                    ":all:",
-                    "--no-python-downloads",
-                    "--no-cache",
-                ]);
-                if !pure {
-                    c.arg("--no-deps");
-                }
-                c
-            }
-        };
-        if pure {
-            command.args(["--python-version", GUEST_PYTHON_VERSION]);
-        }
+    /// `python3 -I installer.py pip WHEEL SHA MARKERS <args>`.
+    fn pip(&self, cwd: &Path) -> Command {
+        let mut command = Command::new(PYTHON);
         command
-            .arg("--target")
-            .arg(target)
-            .arg("--")
-            .args(requirements)
+            .arg("-I")
+            .arg(&self.driver)
+            .arg("pip")
+            .arg(&self.wheel)
+            .arg(PIP_SHA256)
+            .arg(GUEST_MARKERS)
+            .args(["install", "--disable-pip-version-check", "--no-input"])
+            .args(["--no-warn-conflicts", "--no-warn-script-location"])
+            .arg("--root-user-action=ignore")
+            .args(["--no-compile", "--only-binary=:all:"])
+            // What a tenant makes the host download stays out of the
+            // operator's pip cache.
+            .arg("--no-cache-dir")
             // Nothing relative resolves against the user's directory.
             .current_dir(cwd)
             // Our own interpreter settings must not leak into the installer.
@@ -129,6 +155,84 @@ impl Installer {
             .stdin(Stdio::null());
         command
     }
+
+    /// Install `requirements` as pure wheels for the guest into `target`
+    /// (emptied first), also taking wheels from `find_links`. Fails with
+    /// what pip printed.
+    pub(crate) fn install_pure(
+        &self,
+        requirements: &[String],
+        target: &Path,
+        find_links: Option<&Path>,
+        deadline: Instant,
+        limits: &BuildLimits,
+    ) -> Result<(), String> {
+        empty_dir(target).map_err(|e| format!("{}: {e}", target.display()))?;
+        let cwd = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut command = self.pip(cwd.path());
+        command.args([
+            "--platform",
+            "any",
+            "--implementation",
+            "py",
+            "--abi",
+            "none",
+        ]);
+        command.args(["--python-version", GUEST_PYTHON_VERSION]);
+        if let Some(links) = find_links {
+            command.arg("--find-links").arg(links);
+        }
+        command
+            .arg("--target")
+            .arg(target)
+            .arg("--")
+            .args(requirements);
+        run(command, target, deadline, limits)
+            .map(drop)
+            .map_err(|f| f.output)
+    }
+
+    /// The newest source distribution of `requirement` for the guest,
+    /// downloaded into `dest`; `None` if the index has none.
+    fn fetch_sdist(
+        &self,
+        requirement: &str,
+        dest: &Path,
+        deadline: Instant,
+        limits: &BuildLimits,
+    ) -> Result<Option<Sdist>, String> {
+        let mut command = Command::new(PYTHON);
+        command
+            .arg("-I")
+            .arg(&self.driver)
+            .arg("fetch-sdist")
+            .arg(&self.wheel)
+            .arg(PIP_SHA256)
+            .arg(GUEST_MARKERS)
+            .arg(requirement)
+            .arg(dest)
+            .arg(MAX_SDIST_BYTES.to_string())
+            .current_dir(dest)
+            .env_remove("PYTHONPATH")
+            .stdin(Stdio::null());
+        let output = run(command, dest, deadline, limits).map_err(|f| tail(&f.output, 12))?;
+        let line = output
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("");
+        let fetched: Fetched =
+            serde_json::from_str(line).map_err(|e| format!("unreadable fetch result: {e}"))?;
+        Ok(if fetched.found { fetched.sdist } else { None })
+    }
+}
+
+/// Remove everything in `dir` (links are removed, never followed), or create it.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        crate::host_fs::untrusted::remove_tree(dir)?;
+    }
+    fs::create_dir_all(dir)
 }
 
 /// What a failed install printed, for the error message.
@@ -136,58 +240,141 @@ struct Failure {
     output: String,
 }
 
-/// Install `requirements` into `target` (an empty directory), giving up at
-/// `deadline`.
+/// Everything an install needs besides the requirements.
+pub(crate) struct Context<'a> {
+    pub cache: &'a Cache,
+    pub isolation: &'a BuildIsolation,
+    pub limits: &'a BuildLimits,
+    pub deadline: Instant,
+    /// Private scratch space, removed with the layer's scratch directory.
+    pub work: &'a Path,
+}
+
+/// Install `requirements` into `target` (an empty directory). A
+/// requirement with no pure wheel is built from source in the sandbox
+/// (then the install is tried again, taking that wheel); `on_source_build`
+/// hears of each. Returns the wheels built that way.
 pub(super) fn install(
-    installer: Installer,
+    context: &Context<'_>,
     pyproject: &Path,
     requirements: &[String],
     target: &Path,
-    deadline: Instant,
-    limits: &BuildLimits,
-) -> Result<(), LoadError> {
-    let cwd = tempfile::tempdir().map_err(|source| LoadError::Io {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    let command = installer.command(cwd.path(), target, requirements, true);
-    let Err(failure) = run(command, target, deadline, limits) else {
-        return Ok(());
-    };
-    let mut detail = tail(&failure.output, 40);
-    // The usual reason: a package (or a dependency of one) has only native
-    // wheels. Name its extension modules if so.
-    if let Some(requirement) = unsatisfied(&failure.output) {
-        if let Some(modules) = native_modules_of(installer, &requirement, deadline, limits) {
+    on_source_build: &dyn Fn(&str),
+) -> Result<Vec<String>, LoadError> {
+    let Context {
+        deadline, limits, ..
+    } = *context;
+    let pip = Pip::ensure(context.cache, context.work, pyproject, deadline, limits)?;
+    let wheelhouse = context.work.join("wheelhouse");
+    let sdists = context.work.join("sdists");
+    for dir in [&wheelhouse, &sdists] {
+        fs::create_dir_all(dir).map_err(|e| context.cache.error(dir, e))?;
+    }
+    let mut built: Vec<String> = Vec::new();
+    loop {
+        let Err(output) =
+            pip.install_pure(requirements, target, Some(&wheelhouse), deadline, limits)
+        else {
+            return Ok(built);
+        };
+        let failed = |detail: String| LoadError::DependencyInstall {
+            path: pyproject.to_path_buf(),
+            installer: "pip",
+            detail,
+        };
+        let Some(requirement) = unsatisfied(&output) else {
+            return Err(failed(tail(&output, 40)));
+        };
+        if built.len() >= MAX_SOURCE_BUILDS {
+            return Err(failed(format!(
+                "{}\n(pycage builds at most {MAX_SOURCE_BUILDS} source distributions per install)",
+                tail(&output, 40)
+            )));
+        }
+        let why_not = match pip.fetch_sdist(&requirement, &sdists, deadline, limits) {
+            Ok(Some(sdist)) if built.iter().any(|w| same_project(w, &sdist.file)) => {
+                format!(
+                    "its source distribution {} was built, and pip still found no match",
+                    sdist.file
+                )
+            }
+            Ok(Some(sdist)) => {
+                let work = context.work.join(format!("build-{}", built.len()));
+                let cached = sdist::cached_wheel(context.cache, &sdist, &wheelhouse);
+                if cached.is_none() {
+                    on_source_build(&format!("{} ({})", requirement, sdist.file));
+                }
+                let result = match cached {
+                    Some(wheel) => Ok(wheel),
+                    None => sdist::build(
+                        &pip,
+                        &sdist,
+                        &sdists,
+                        &work,
+                        &wheelhouse,
+                        context.isolation,
+                        deadline,
+                        limits,
+                    )
+                    .inspect(|wheel| sdist::keep_wheel(context.cache, &sdist, &wheelhouse, wheel)),
+                };
+                match result {
+                    Ok(wheel) => {
+                        // The build's scratch (source, component) is done with.
+                        let _ = crate::host_fs::untrusted::remove_tree(&work);
+                        built.push(wheel);
+                        continue;
+                    }
+                    Err(detail) => format!(
+                        "building its source distribution {} inside the sandbox failed: {detail}",
+                        sdist.file
+                    ),
+                }
+            }
+            Ok(None) => "it has no source distribution for the guest's Python either".to_owned(),
+            Err(detail) => format!("fetching its source distribution failed: {detail}"),
+        };
+        // The usual reason: the package needs native code. Name its
+        // extension modules if its host wheel shows them.
+        if let Some(modules) = native_modules_of(&pip, &requirement, deadline, limits) {
             return Err(LoadError::NativeOnly {
                 path: pyproject.to_path_buf(),
                 requirement,
                 modules: modules.join(", "),
+                source_build: why_not,
             });
         }
-        detail.push_str(&format!(
-            "\n(pycage installs wheels only, never source distributions, whose build would \
-             run code on the host: `{requirement}` may have no pure-Python wheel)"
-        ));
+        return Err(LoadError::SourceBuild {
+            path: pyproject.to_path_buf(),
+            requirement,
+            detail: why_not,
+        });
     }
-    Err(LoadError::DependencyInstall {
-        path: pyproject.to_path_buf(),
-        installer: installer.name(),
-        detail,
-    })
+}
+
+/// Whether wheel file `wheel` and sdist file `sdist` are the same project
+/// (names compared as the index normalises them).
+fn same_project(wheel: &str, sdist: &str) -> bool {
+    let normal = |s: &str| s.to_ascii_lowercase().replace(['-', '.'], "_");
+    let wheel_name = wheel.split('-').next().unwrap_or(wheel);
+    let sdist_name = sdist
+        .strip_suffix(".tar.gz")
+        .and_then(|s| s.rsplit_once('-'))
+        .map_or(sdist, |(name, _)| name);
+    normal(wheel_name) == normal(sdist_name)
 }
 
 /// Run `command` confined and watched like a build (see
 /// `build::supervise`): its memory, time and the bytes it writes into
 /// `target` are bounded, and it is killed (with anything it started) at the
 /// deadline. A wheel is an archive a tenant chose: unpacked, it could be
-/// any size.
+/// any size. Returns what it printed.
 fn run(
     mut command: Command,
     target: &Path,
     deadline: Instant,
     limits: &BuildLimits,
-) -> Result<(), Failure> {
+) -> Result<String, Failure> {
     let limits = BuildLimits {
         timeout: deadline.saturating_duration_since(Instant::now()),
         ..*limits
@@ -208,33 +395,27 @@ fn run(
                 ended.output
             ),
         }),
-        None if ended.status.success() => Ok(()),
+        None if ended.status.success() => Ok(ended.output),
         None => Err(Failure {
             output: ended.output,
         }),
     }
 }
 
-/// The requirement pip (or uv) could not satisfy, from its error output.
+/// The requirement pip could not satisfy, from its error output.
 fn unsatisfied(output: &str) -> Option<String> {
-    for line in output.lines() {
-        if let Some(rest) = line.split("No matching distribution found for ").nth(1) {
-            return Some(rest.trim().to_owned());
-        }
-        // uv: "Because <name>==<v> has no wheels with a matching platform tag ..."
-        if let Some(rest) = line.split("Because ").nth(1)
-            && rest.contains("has no wheels with")
-        {
-            return rest.split_whitespace().next().map(str::to_owned);
-        }
-    }
-    None
+    output.lines().find_map(|line| {
+        let rest = line.split("No matching distribution found for ").nth(1)?;
+        // "pydantic-core==2.46.4 (from pydantic)": the requirement alone.
+        let requirement = rest.split(" (from ").next().unwrap_or(rest);
+        Some(requirement.trim().to_owned())
+    })
 }
 
 /// Install `requirement` alone for the host's platform, into a throwaway
 /// directory, and list the native extension modules its wheel carries.
 fn native_modules_of(
-    installer: Installer,
+    pip: &Pip,
     requirement: &str,
     deadline: Instant,
     limits: &BuildLimits,
@@ -243,7 +424,13 @@ fn native_modules_of(
     let (cwd, target) = (probe.path().join("cwd"), probe.path().join("site"));
     fs::create_dir(&cwd).ok()?;
     fs::create_dir(&target).ok()?;
-    let command = installer.command(&cwd, &target, &[requirement.to_owned()], false);
+    let mut command = pip.pip(&cwd);
+    command
+        .arg("--no-deps")
+        .arg("--target")
+        .arg(&target)
+        .arg("--")
+        .arg(requirement);
     run(command, &target, deadline, limits).ok()?;
     let snapshot = stage::snapshot_tree(&target, &Tree::INSTALLED).ok()?;
     let modules: Vec<String> = native::find(&snapshot, &[""])
@@ -254,7 +441,7 @@ fn native_modules_of(
 }
 
 /// The last `lines` lines of `text`.
-fn tail(text: &str, lines: usize) -> String {
+pub(super) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.trim_end().lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -286,6 +473,8 @@ mod tests {
                    pydantic-core==2.46.4 (from pydantic) (from versions: 0.0.1)\n\
                    ERROR: No matching distribution found for pydantic-core==2.46.4\n";
         assert_eq!(unsatisfied(pip).as_deref(), Some("pydantic-core==2.46.4"));
+        let from = "ERROR: No matching distribution found for markupsafe>=2.0 (from jinja2)\n";
+        assert_eq!(unsatisfied(from).as_deref(), Some("markupsafe>=2.0"));
         assert_eq!(unsatisfied("ERROR: something else"), None);
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
     }

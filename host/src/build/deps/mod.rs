@@ -20,6 +20,7 @@
 pub(crate) mod install;
 pub(crate) mod native;
 pub(crate) mod pyproject;
+mod sdist;
 pub(crate) mod venv;
 
 use std::fs;
@@ -31,9 +32,9 @@ use serde::Serialize;
 use crate::build::LoadEvent;
 use crate::build::cache::Cache;
 use crate::build::stage::{self, HandlerSource, Snapshot, Tree};
+use crate::build::worker::BuildIsolation;
 use crate::error::LoadError;
 use crate::limits::BuildLimits;
-use install::Installer;
 
 /// The file that declares dependencies, at the top of a handler directory.
 pub const PYPROJECT: &str = "pyproject.toml";
@@ -67,10 +68,12 @@ const LAYER_RECORD: &str = "layer.json";
 
 #[derive(Serialize)]
 struct LayerRecord<'a> {
-    installer: &'a str,
+    installer: String,
     python_version: &'a str,
     requirements: &'a [String],
     installed: Vec<String>,
+    /// Wheels built from source distributions inside the sandbox.
+    built_from_source: Vec<String>,
 }
 
 /// The layers of `source`, after checking the handler's own tree
@@ -140,6 +143,7 @@ fn check_native(snapshot: &Snapshot, roots: &[&str], origin: &Path) -> Result<()
 pub(crate) fn install_missing(
     layers: &[Layer],
     cache: &Cache,
+    isolation: &BuildIsolation,
     limits: &BuildLimits,
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<(), LoadError> {
@@ -152,6 +156,7 @@ pub(crate) fn install_missing(
         {
             install_layer(
                 cache,
+                isolation,
                 &layer.origin,
                 requirements,
                 dir,
@@ -165,8 +170,10 @@ pub(crate) fn install_missing(
 }
 
 /// Install `requirements` and publish them as the layer `dir`.
+#[allow(clippy::too_many_arguments)]
 fn install_layer(
     cache: &Cache,
+    isolation: &BuildIsolation,
     pyproject: &Path,
     requirements: &[String],
     dir: &Path,
@@ -174,18 +181,29 @@ fn install_layer(
     limits: &BuildLimits,
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<(), LoadError> {
-    let installer = Installer::detect().ok_or_else(|| LoadError::NoInstaller {
-        path: pyproject.to_path_buf(),
-    })?;
+    let installer = format!("pycage's pip {}", install::PIP_VERSION);
     on_event(LoadEvent::InstallingDependencies {
         pyproject,
-        installer: installer.name(),
+        installer: &installer,
         requirements,
     });
     let scratch = cache.scratch_for(dir)?;
     let site = scratch.path().join(SITE);
     fs::create_dir(&site).map_err(|e| cache.error(&site, e))?;
-    install::install(installer, pyproject, requirements, &site, deadline, limits)?;
+    // Beside the layer, not in it: removed before it is published.
+    let work = scratch.path().join("install-work");
+    fs::create_dir(&work).map_err(|e| cache.error(&work, e))?;
+    let context = install::Context {
+        cache,
+        isolation,
+        limits,
+        deadline,
+        work: &work,
+    };
+    let built_from_source = install::install(&context, pyproject, requirements, &site, &|what| {
+        on_event(LoadEvent::BuildingFromSource { requirement: what })
+    })?;
+    crate::host_fs::untrusted::remove_tree(&work).map_err(|e| cache.error(&work, e))?;
     // Bounded like a handler's own tree; errors name the pyproject.toml,
     // since the scratch directory is gone by the time anyone reads them.
     let snapshot = stage::snapshot_tree(&site, &Tree::INSTALLED).map_err(|e| match e {
@@ -195,8 +213,7 @@ fn install_layer(
         },
         other => other,
     })?;
-    // A wheel tagged pure can still carry a native module; and uv, which
-    // cannot restrict itself to pure wheels, installs the host's ones.
+    // A wheel tagged pure can still carry a native module.
     if let Some(found) = native::find(&snapshot, &[""]).into_iter().next() {
         return Err(LoadError::NativeExtension {
             path: pyproject.to_path_buf(),
@@ -205,10 +222,11 @@ fn install_layer(
         });
     }
     let record = LayerRecord {
-        installer: installer.name(),
+        installer,
         python_version: crate::contract::GUEST_PYTHON_VERSION,
         requirements,
         installed: install::installed(&site),
+        built_from_source,
     };
     let record_path = scratch.path().join(LAYER_RECORD);
     fs::write(
