@@ -18,6 +18,10 @@ them:
   that never rolls over), bounded by the instance's memory limit and gone
   with it. The sandbox has no writable directory, so named temporary files
   and directories (`NamedTemporaryFile`, `mkstemp`, `mkdtemp`) still fail.
+- `bz2` and `lzma`: CPython for WASI is built without libbz2 and liblzma;
+  stand-in `_bz2` and `_lzma` modules let both import (networkx and
+  others import `bz2` unconditionally), and compressing or decompressing
+  raises `RuntimeError` saying why. zlib and gzip are real.
 - threads: starting one raises `RuntimeError` saying that WASI has none.
 - asyncio: pycage's event loop (`pycage._aio`) is the one asyncio creates,
   however late asyncio is imported.
@@ -43,6 +47,7 @@ def install():
     _install_hashlib()
     _install_tempfile()
     _install_threading()
+    _install_compression()
     _after_import("asyncio", _install_asyncio)
 
 
@@ -53,6 +58,61 @@ def _install_ssl():
         from . import _ssl
 
         sys.modules["ssl"] = _ssl
+
+
+def _unavailable(library, module):
+    message = (
+        f"{module} compression is not available in the pycage sandbox "
+        f"(CPython for WASI is built without {library}); zlib and gzip are"
+    )
+
+    class Unavailable:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(message)
+
+    return Unavailable
+
+
+def _install_compression():
+    try:
+        import _bz2  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("_bz2", "Stand-in: no libbz2 here (pycage._compat).")
+        stub.BZ2Compressor = stub.BZ2Decompressor = _unavailable("libbz2", "bz2")
+        sys.modules["_bz2"] = stub
+    try:
+        import _lzma  # noqa: F401
+    except ImportError:
+        sys.modules["_lzma"] = _lzma_module()
+
+
+def _lzma_module():
+    stub = types.ModuleType("_lzma", "Stand-in: no liblzma here (pycage._compat).")
+    unavailable = _unavailable("liblzma", "lzma")
+    constants = {
+        "FORMAT_AUTO": 0, "FORMAT_XZ": 1, "FORMAT_ALONE": 2, "FORMAT_RAW": 3,
+        "CHECK_NONE": 0, "CHECK_CRC32": 1, "CHECK_CRC64": 4, "CHECK_SHA256": 10,
+        "CHECK_ID_MAX": 15, "CHECK_UNKNOWN": 16,
+        "FILTER_LZMA1": 0x4000000000000001, "FILTER_LZMA2": 0x21, "FILTER_DELTA": 3,
+        "FILTER_X86": 4, "FILTER_POWERPC": 5, "FILTER_IA64": 6, "FILTER_ARM": 7,
+        "FILTER_ARMTHUMB": 8, "FILTER_SPARC": 9,
+        "MF_HC3": 0x03, "MF_HC4": 0x04, "MF_BT2": 0x12, "MF_BT3": 0x13, "MF_BT4": 0x14,
+        "MODE_FAST": 1, "MODE_NORMAL": 2, "PRESET_DEFAULT": 6, "PRESET_EXTREME": 0x80000000,
+    }
+    for name, value in constants.items():
+        setattr(stub, name, value)
+
+    class LZMAError(Exception):
+        pass
+
+    def refuse(*args, **kwargs):
+        unavailable()
+
+    stub.LZMAError = LZMAError
+    stub.LZMACompressor = stub.LZMADecompressor = unavailable
+    stub.is_check_supported = lambda check: False
+    stub._encode_filter_properties = stub._decode_filter_properties = refuse
+    return stub
 
 
 def _install_identity():

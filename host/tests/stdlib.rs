@@ -79,3 +79,13 @@ async fn threads_fail_saying_why_and_asyncio_works_when_imported_late() {
     let body = probe("/asyncio-late").await;
     assert_eq!(body["loop"], "PollLoop", "{body}");
 }
+
+#[tokio::test]
+async fn bz2_and_lzma_import_and_refuse_use_while_gzip_works() {
+    let body = probe("/compression").await;
+    assert_eq!(body["gzip"], "round trip");
+    let bz2 = refused(&body["bz2"], "RuntimeError");
+    assert!(bz2.contains("without libbz2"), "{bz2}");
+    let lzma = refused(&body["lzma"], "RuntimeError");
+    assert!(lzma.contains("without liblzma"), "{lzma}");
+}
