@@ -22,10 +22,11 @@ from ._capabilities import CapabilityError
 from ._fetch import FetchError, FetchResponse, fetch, fetch_async
 from ._http import Headers, HTTPError, QueryParams, Request, Response
 from ._router import RouteError, route
+from .kv import KeyValueError
 
 __all__ = [
     "route", "Request", "Response", "Headers", "QueryParams", "HTTPError", "RouteError",
-    "kv", "config", "fetch", "fetch_async", "FetchResponse", "FetchError", "CapabilityError",
+    "kv", "KeyValueError", "config", "fetch", "fetch_async", "FetchResponse", "FetchError", "CapabilityError",
 ]
 __version__ = "0.1.0"
 

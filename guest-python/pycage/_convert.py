@@ -1,10 +1,17 @@
-"""Turning whatever a handler returned into (status, headers, body bytes)."""
+"""Serving one request: the route (or the app) called, and whatever it
+returned turned into (status, headers, body bytes).
+
+`serve` is the whole of it. The sandbox's WIT export (`pycage._glue.
+exports`) and `pycage.testing.TestClient` both call it, so a test on the
+host runs the same routing and conversion code as the sandbox.
+"""
 
 import json
 
-from ._http import Response
+from . import _aio, _apps, _router
+from ._http import HTTPError, Response
 
-__all__ = ["to_wire"]
+__all__ = ["to_wire", "serve", "wire", "NoRoute"]
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
@@ -74,3 +81,81 @@ def to_wire(result):
         headers.insert(0, ("content-type", implied_type.encode("latin-1")))
     return status, headers, body
 
+
+
+# What plain handlers return, told apart from an awaitable by type alone:
+# `inspect.isawaitable` would ask collections.abc.Awaitable, whose checks
+# write to its caches in every request.
+_PLAIN = (dict, list, str, bytes, tuple, type(None), Response)
+
+try:
+    _Group = BaseExceptionGroup
+except NameError:  # Python 3.10 (pycage.testing on the host): no groups exist
+    class _Group(BaseException):  # type: ignore[no-redef]
+        exceptions: tuple[BaseException, ...] = ()
+
+
+class NoRoute(Exception):
+    """No route answers the request: `allowed` is None when no pattern
+    matches the path (404), else the methods that would have been (405)."""
+
+    def __init__(self, allowed=None):
+        super().__init__(allowed)
+        self.allowed = allowed
+
+
+def serve(request):
+    """Answer `request` (a `Request`): with the app being served, or with
+    the route the router matches. Returns (status, headers, body), the body
+    empty for HEAD. Raises `NoRoute` when no route answers; anything else the
+    handler or the conversion raises (but `HTTPError`) propagates."""
+    if _apps.APP is not None:
+        return wire(request.method, _apps.call(_apps.APP, request))
+    try:
+        route, params = _router.match(request.method, request.path)
+    except _router.NotFound:
+        raise NoRoute() from None
+    except _router.MethodNotAllowed as exc:
+        raise NoRoute(exc.allowed) from None
+    request.path_params = params
+    try:
+        result = route.func(request, **params) if route.wants_request else route.func(**params)
+        if type(result) not in _PLAIN and hasattr(type(result), "__await__"):
+            # An `async def` handler: run it on a fresh event loop.
+            result = _aio.run(result)
+    except HTTPError as exc:
+        result = exc.to_response()
+    except _Group as group:
+        # An HTTPError raised in a TaskGroup arrives wrapped: answer with
+        # it when the group holds nothing else.
+        first = _only_http_errors(group)
+        if first is None:
+            raise
+        result = first.to_response()
+    return wire(request.method, result)
+
+
+def _only_http_errors(group):
+    """The first HTTPError of `group` if every exception in it is one."""
+    first = None
+    for exc in group.exceptions:
+        if isinstance(exc, _Group):
+            exc = _only_http_errors(exc)
+        if not isinstance(exc, HTTPError):
+            return None
+        first = first or exc
+    return first
+
+
+def wire(method, result):
+    """(status, headers, body) for what a route or an app returned; the
+    body is dropped for HEAD."""
+    if type(result) is _apps.Wire:
+        status, response_headers, body = result.status, result.headers, result.body
+        if not 200 <= status <= 599:
+            raise ValueError(f"the app answered with status {status}, not one in 200..599")
+    else:
+        status, response_headers, body = to_wire(result)
+    if method == "HEAD":
+        body = b""
+    return status, response_headers, body

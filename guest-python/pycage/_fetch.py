@@ -26,6 +26,17 @@ from urllib.parse import urljoin, urlsplit
 from . import _capabilities
 from ._http import Headers
 
+# For type checkers only: annotations that name these are strings, never
+# evaluated, so that the sandbox does not import `typing` for them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from typing import Any, Union
+
+    RequestHeaders = Union[
+        Mapping[str, Union[str, bytes, int]], Iterable[tuple[str, Union[str, bytes, int]]]
+    ]
+
 __all__ = ["fetch", "fetch_async", "FetchError", "FetchResponse"]
 
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -42,18 +53,25 @@ class FetchResponse:
 
     __slots__ = ("status", "headers", "body", "url")
 
-    def __init__(self, status, headers, body, url):
+    status: int
+    headers: "Headers"
+    body: bytes
+    url: str
+
+    def __init__(self, status: int, headers: "Headers", body: bytes, url: str) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.url = url
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
+        """Whether the status is 2xx."""
         return 200 <= self.status < 300
 
     @property
-    def text(self):
+    def text(self) -> str:
+        """The body decoded with the declared charset (UTF-8 by default)."""
         charset = "utf-8"
         for param in self.headers.get("content-type", "").split(";")[1:]:
             name, _, value = param.partition("=")
@@ -64,15 +82,17 @@ class FetchResponse:
         except LookupError:
             return self.body.decode("utf-8", errors="replace")
 
-    def json(self):
+    def json(self) -> "Any":
+        """The body parsed as JSON."""
         return _json.loads(self.body)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<FetchResponse {self.status} {self.url}>"
 
 
-def fetch(url, *, method="GET", headers=None, body=None, json=None, timeout=None,
-          allow_redirects=True, max_redirects=5):
+def fetch(url: str, *, method: str = "GET", headers: "RequestHeaders | None" = None,
+          body: "bytes | str | None" = None, json: "Any" = None, timeout: "float | None" = None,
+          allow_redirects: bool = True, max_redirects: int = 5) -> "FetchResponse":
     """Send a request and return its `FetchResponse` (see the module docs).
 
     `body` is bytes or str; `json` is sent as JSON (with its content type).
@@ -91,8 +111,10 @@ def fetch(url, *, method="GET", headers=None, body=None, json=None, timeout=None
         return done.value
 
 
-async def fetch_async(url, *, method="GET", headers=None, body=None, json=None, timeout=None,
-                      allow_redirects=True, max_redirects=5):
+async def fetch_async(url: str, *, method: str = "GET", headers: "RequestHeaders | None" = None,
+                      body: "bytes | str | None" = None, json: "Any" = None,
+                      timeout: "float | None" = None, allow_redirects: bool = True,
+                      max_redirects: int = 5) -> "FetchResponse":
     """`fetch`, awaited: the event loop runs other tasks while this one waits
     for the network. Cancelling it (`asyncio.wait_for`, a task's `cancel()`)
     drops the request."""

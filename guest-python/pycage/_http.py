@@ -4,10 +4,22 @@ import json
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
+# For type checkers only: annotations that name these are strings, never
+# evaluated, so that the sandbox does not import `typing` for them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import ItemsView, Iterable, Iterator
+    from typing import Any, Union
+
+    HeaderItems = Union[Mapping[str, str], Iterable[tuple[str, str]]]
+    HeaderValue = Union[str, bytes, int]
+    ResponseHeaders = Union[Mapping[str, HeaderValue], Iterable[tuple[str, HeaderValue]]]
+    ResponseBody = Union[bytes, bytearray, memoryview, str, dict[str, Any], list[Any], None]
+
 __all__ = ["Headers", "QueryParams", "Request", "Response", "HTTPError"]
 
 
-class _MultiMapping(Mapping):
+class _MultiMapping(Mapping[str, str]):
     """An immutable mapping that keeps every value of a repeated key.
 
     `m[key]` and `m.get(key)` give the first value, `m.getlist(key)` all of
@@ -16,7 +28,9 @@ class _MultiMapping(Mapping):
 
     __slots__ = ("_items", "_index")
 
-    def __init__(self, items=()):
+    _index: "dict[str, list[str]]"
+
+    def __init__(self, items: "HeaderItems" = ()) -> None:
         if isinstance(items, Mapping):
             items = items.items()
         self._items = [(str(k), str(v)) for k, v in items]
@@ -25,13 +39,13 @@ class _MultiMapping(Mapping):
             self._index.setdefault(self._fold(key), []).append(value)
 
     @staticmethod
-    def _fold(key):
+    def _fold(key: str) -> str:
         return key
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> str:
         return self._index[self._fold(key)][0]
 
-    def __iter__(self):
+    def __iter__(self) -> "Iterator[str]":
         seen = set()
         for key, _ in self._items:
             folded = self._fold(key)
@@ -39,23 +53,23 @@ class _MultiMapping(Mapping):
                 seen.add(folded)
                 yield key
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._index)
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._fold(key) in self._index
 
-    def getlist(self, key):
+    def getlist(self, key: str) -> "list[str]":
         """Every value of `key`, in the order received (empty if absent)."""
         return list(self._index.get(self._fold(key), ()))
 
-    def items(self, multi=False):
+    def items(self, multi: bool = False) -> "ItemsView[str, str] | list[tuple[str, str]]":  # type: ignore[override]
         """Pairs; with `multi=True` every pair, including repeated keys."""
         if multi:
             return list(self._items)
         return super().items()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self._items!r})"
 
 
@@ -65,7 +79,7 @@ class Headers(_MultiMapping):
     __slots__ = ()
 
     @staticmethod
-    def _fold(key):
+    def _fold(key: str) -> str:
         return key.lower()
 
 
@@ -81,7 +95,12 @@ class HTTPError(Exception):
     The response body is a small JSON object `{"error": message}`.
     """
 
-    def __init__(self, status, message=None, headers=None):
+    status: int
+    message: str
+    headers: "ResponseHeaders | None"
+
+    def __init__(self, status: int, message: "str | None" = None,
+                 headers: "ResponseHeaders | None" = None) -> None:
         if not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError(f"HTTPError status must be an int in 400..599, got {status!r}")
         super().__init__(status, message)
@@ -89,7 +108,7 @@ class HTTPError(Exception):
         self.message = message if message is not None else _REASONS.get(status, "Error")
         self.headers = headers
 
-    def to_response(self):
+    def to_response(self) -> "Response":
         return Response({"error": self.message}, status=self.status, headers=self.headers)
 
 
@@ -98,7 +117,21 @@ class Request:
 
     __slots__ = ("method", "path", "query_string", "headers", "body", "path_params", "_query")
 
-    def __init__(self, method, path, query_string="", headers=(), body=b"", path_params=None):
+    method: str
+    """Upper-case method, e.g. "GET"."""
+    path: str
+    """Percent-decoded path, starting with "/"."""
+    query_string: str
+    """Raw query string, without the "?"."""
+    headers: "Headers"
+    body: bytes
+    path_params: "dict[str, Any]"
+    """The route's path parameters, converted (also passed as keyword arguments)."""
+    _query: "QueryParams | None"
+
+    def __init__(self, method: str, path: str, query_string: str = "",
+                 headers: "Headers | HeaderItems" = (), body: bytes = b"",
+                 path_params: "Mapping[str, Any] | None" = None) -> None:
         self.method = method
         self.path = path
         self.query_string = query_string
@@ -108,7 +141,7 @@ class Request:
         self._query = None
 
     @property
-    def query(self):
+    def query(self) -> "QueryParams":
         """Parsed query parameters (`QueryParams`), decoded as UTF-8."""
         if self._query is None:
             self._query = QueryParams(
@@ -117,12 +150,13 @@ class Request:
         return self._query
 
     @property
-    def content_type(self):
+    def content_type(self) -> str:
         """The media type without parameters, lower-cased ('' if absent)."""
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
     @property
-    def charset(self):
+    def charset(self) -> str:
+        """The content type's charset parameter ("utf-8" if absent)."""
         for param in self.headers.get("content-type", "").split(";")[1:]:
             name, _, value = param.partition("=")
             if name.strip().lower() == "charset":
@@ -130,7 +164,7 @@ class Request:
         return "utf-8"
 
     @property
-    def text(self):
+    def text(self) -> str:
         """The body decoded with the declared charset (UTF-8 by default).
 
         Undecodable bytes become U+FFFD rather than failing the request.
@@ -140,14 +174,14 @@ class Request:
         except LookupError:
             return self.body.decode("utf-8", errors="replace")
 
-    def json(self):
+    def json(self) -> "Any":
         """The body parsed as JSON; a malformed body answers 400."""
         try:
             return json.loads(self.body)
         except ValueError as exc:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Request {self.method} {self.path}>"
 
 
@@ -161,7 +195,12 @@ class Response:
 
     __slots__ = ("body", "status", "headers")
 
-    def __init__(self, body=b"", status=200, headers=None):
+    body: "ResponseBody"
+    status: int
+    headers: "list[tuple[str, HeaderValue]]"
+
+    def __init__(self, body: "ResponseBody" = b"", status: int = 200,
+                 headers: "ResponseHeaders | None" = None) -> None:
         self.body = body
         self.status = status
         if headers is None:
@@ -172,7 +211,7 @@ class Response:
             headers = list(headers)
         self.headers = headers
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Response {self.status}>"
 
 

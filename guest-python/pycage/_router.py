@@ -3,6 +3,15 @@
 import inspect
 import re
 
+# For type checkers only: annotations that name these are strings, never
+# evaluated, so that the sandbox does not import `typing` for them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any, TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
 __all__ = ["route", "Route", "RouteError", "table", "match", "NotFound", "MethodNotAllowed"]
 
 _SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::(str|int|float|path))?\}")
@@ -10,10 +19,10 @@ _CONVERTERS = {"str": str, "int": int, "float": float, "path": str}
 _ANNOTATED = {int: "int", float: "float"}
 _METHOD = re.compile(r"^[A-Z][A-Z0-9_-]*$")
 
-_table = []
+_table: "list[Route]" = []
 # `table()`'s answer, computed once after the last registration (at build
 # time, so every request's instance has it in the snapshot).
-_ordered = None
+_ordered: "tuple[Route, ...] | None" = None
 
 
 class RouteError(ValueError):
@@ -113,7 +122,7 @@ class Route:
         return values
 
 
-def route(path, methods=("GET",)):
+def route(path: str, methods: "str | Iterable[str]" = ("GET",)) -> "Callable[[_F], _F]":
     """Register the decorated function for `path` and `methods`.
 
     `path` is a pattern such as "/users/{id}". A `{name}` segment matches
@@ -139,7 +148,7 @@ def route(path, methods=("GET",)):
     if not normalised:
         raise RouteError(f"route {path!r}: no methods given")
 
-    def register(func):
+    def register(func: "_F") -> "_F":
         global _ordered
         if not callable(func):
             raise RouteError(f"route {path!r}: {func!r} is not callable")

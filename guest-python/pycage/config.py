@@ -20,7 +20,7 @@ class VariableError(Exception):
     """The host could not provide a variable."""
 
 
-def get(name, default=None):
+def get(name: str, default: "str | None" = None) -> "str | None":
     """The value of variable `name`, or `default` if it is not set."""
     from componentize_py_types import Err
     from wit_world.imports import config_store
@@ -35,7 +35,7 @@ def get(name, default=None):
     return default if value is None else value
 
 
-def get_all():
+def get_all() -> "dict[str, str]":
     """Every variable, as a dict."""
     from componentize_py_types import Err
     from wit_world.imports import config_store

@@ -16,6 +16,15 @@ an ASCII decimal integer, so `get` on it returns e.g. b"42".
 
 from . import _capabilities
 
+# For type checkers only: annotations that name these are strings, never
+# evaluated, so that the sandbox does not import `typing` for them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, Union
+
+    Value = Union[bytes, bytearray, memoryview, str]
+
 __all__ = ["open", "Store", "KeyValueError"]
 
 
@@ -23,7 +32,7 @@ class KeyValueError(Exception):
     """A key-value operation failed; the message says why."""
 
 
-def open(name):
+def open(name: str) -> "Store":
     """The store `name` (one of the tenant's `key_value_stores`)."""
     if not isinstance(name, str) or not name:
         raise TypeError("a store name is a non-empty str")
@@ -60,11 +69,13 @@ class Store:
 
     __slots__ = ("name", "_bucket")
 
-    def __init__(self, name):
+    name: str
+
+    def __init__(self, name: str) -> None:
         self.name = name
         self._bucket = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<pycage.kv.Store {self.name!r}>"
 
     def _open(self):
@@ -88,28 +99,29 @@ class Store:
         except Err as err:
             raise _error(err, self.name) from None
 
-    def get(self, key):
+    def get(self, key: str) -> "bytes | None":
         """The value of `key` (bytes), or None."""
         return self._call(lambda b, k: b.get(k), _key(key))
 
-    def set(self, key, value):
+    def set(self, key: str, value: "Value") -> None:
         """Store `value` (bytes or str) under `key`."""
         self._call(lambda b, k, v: b.set(k, v), _key(key), _bytes(value))
 
-    def delete(self, key):
+    def delete(self, key: str) -> None:
         """Remove `key` (nothing happens if it is absent)."""
         self._call(lambda b, k: b.delete(k), _key(key))
 
-    def exists(self, key):
+    def exists(self, key: str) -> bool:
+        """Whether `key` has a value."""
         return self._call(lambda b, k: b.exists(k), _key(key))
 
-    def list_keys(self, cursor=None):
+    def list_keys(self, cursor: "str | None" = None) -> "tuple[list[str], str | None]":
         """One page of keys: `(keys, next_cursor)`; `next_cursor` is None
         after the last page."""
         page = self._call(lambda b, c: b.list_keys(c), cursor)
         return list(page.keys), page.cursor
 
-    def keys(self):
+    def keys(self) -> "Iterator[str]":
         """Every key, page by page."""
         cursor = None
         while True:
@@ -118,7 +130,7 @@ class Store:
             if cursor is None:
                 return
 
-    def increment(self, key, delta=1):
+    def increment(self, key: str, delta: int = 1) -> int:
         """Add `delta` to the integer under `key` (0 if absent), atomically,
         and return the new value."""
         from wit_world.imports import kv_atomics
@@ -127,7 +139,7 @@ class Store:
             raise TypeError("delta is an int")
         return self._call(lambda b, k, d: kv_atomics.increment(b, k, d), _key(key), delta)
 
-    def compare_and_swap(self, key, expected, new):
+    def compare_and_swap(self, key: str, expected: "Value | None", new: "Value") -> bool:
         """Set `key` to `new` only if its value is still `expected` (None:
         absent); True if it was set. Atomic across requests and hosts."""
         from componentize_py_types import Err
@@ -149,13 +161,15 @@ class Store:
                 raise _error(err.value.value, self.name) from None
             raise _error(err, self.name) from None
 
-    def get_json(self, key, default=None):
+    def get_json(self, key: str, default: "Any" = None) -> "Any":
+        """The value of `key` parsed as JSON, or `default` if absent."""
         import json
 
         value = self.get(key)
         return default if value is None else json.loads(value)
 
-    def set_json(self, key, value):
+    def set_json(self, key: str, value: "Any") -> None:
+        """Store `value` as compact JSON."""
         import json
 
         self.set(key, json.dumps(value, separators=(",", ":")))

@@ -8,19 +8,14 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import handler as wit
 
-from pycage import _aio, _apps, _router
-from pycage._convert import to_wire
-from pycage._http import Headers, HTTPError, Request, Response
+from pycage import _apps
+from pycage._convert import NoRoute, serve, wire
+from pycage._http import Headers, Request
 
 from .load import describe, format_traceback
 
 # The route table as the host receives it, set once the handler is loaded.
 ROUTES = []
-
-# What plain handlers return, told apart from an awaitable by type alone:
-# `inspect.isawaitable` would ask collections.abc.Awaitable, whose checks
-# write to its caches in every request.
-_PLAIN = (dict, list, str, bytes, tuple, type(None), Response)
 
 
 def _exception_error(exc):
@@ -32,53 +27,22 @@ def _exception_error(exc):
 def call(request):
     headers = Headers((h.name, bytes(h.value).decode("latin-1")) for h in request.headers)
     req = Request(request.method, request.path, request.query, headers, request.body)
-    if _apps.APP is not None:
-        return response(request.method, _apps.call(_apps.APP, req))
+    # The routing, the handler's call and the conversion are shared with
+    # pycage.testing (`pycage._convert.serve`).
     try:
-        route, params = _router.match(request.method, request.path)
-    except _router.NotFound:
-        raise Err(wit.DispatchError_NotFound())
-    except _router.MethodNotAllowed as exc:
-        raise Err(wit.DispatchError_MethodNotAllowed(list(exc.allowed)))
-    req.path_params = params
-    try:
-        result = route.func(req, **params) if route.wants_request else route.func(**params)
-        if type(result) not in _PLAIN and hasattr(type(result), "__await__"):
-            # An `async def` handler: run it on a fresh event loop.
-            result = _aio.run(result)
-    except HTTPError as exc:
-        result = exc.to_response()
-    except BaseExceptionGroup as group:
-        # An HTTPError raised in a TaskGroup arrives wrapped: answer with
-        # it when the group holds nothing else.
-        first = _only_http_errors(group)
-        if first is None:
-            raise
-        result = first.to_response()
-    return response(request.method, result)
-
-
-def _only_http_errors(group):
-    """The first HTTPError of `group` if every exception in it is one."""
-    first = None
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            exc = _only_http_errors(exc)
-        if not isinstance(exc, HTTPError):
-            return None
-        first = first or exc
-    return first
+        status, response_headers, body = serve(req)
+    except NoRoute as miss:
+        if miss.allowed is None:
+            raise Err(wit.DispatchError_NotFound())
+        raise Err(wit.DispatchError_MethodNotAllowed(list(miss.allowed)))
+    return _wit_response(status, response_headers, body)
 
 
 def response(method, result):
-    if type(result) is _apps.Wire:
-        status, response_headers, body = result.status, result.headers, result.body
-        if not 200 <= status <= 599:
-            raise ValueError(f"the app answered with status {status}, not one in 200..599")
-    else:
-        status, response_headers, body = to_wire(result)
-    if method == "HEAD":
-        body = b""
+    return _wit_response(*wire(method, result))
+
+
+def _wit_response(status, response_headers, body):
     return wit.Response(
         status=status,
         headers=[wit.Header(name=name, value=value) for name, value in response_headers],
