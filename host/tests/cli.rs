@@ -10,8 +10,9 @@ fn pycage(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pycage"))
         .args(args)
         .env("PYCAGE_CACHE_DIR", cache_dir())
-        // An activated virtualenv of the developer's would be granted too.
+        // An activated environment of the developer's would be granted too.
         .env_remove("VIRTUAL_ENV")
+        .env_remove("CONDA_PREFIX")
         .output()
         .expect("running pycage")
 }
@@ -198,7 +199,8 @@ fn virtual_env_grants_its_packages_like_venv() {
         command
             .args(["run", handler.path().to_str().unwrap()])
             .env("PYCAGE_CACHE_DIR", cache_dir())
-            .env_remove("VIRTUAL_ENV");
+            .env_remove("VIRTUAL_ENV")
+            .env_remove("CONDA_PREFIX");
         if let Some(venv) = venv {
             command.env("VIRTUAL_ENV", venv);
         }
@@ -224,6 +226,30 @@ fn virtual_env_grants_its_packages_like_venv() {
         "{}",
         stderr(&without)
     );
+
+    // An activated conda environment is honoured the same way; conda's
+    // base environment (active in every shell) is not.
+    let conda = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pycage"))
+            .args(["run", handler.path().to_str().unwrap()])
+            .env("PYCAGE_CACHE_DIR", cache_dir())
+            .env_remove("VIRTUAL_ENV")
+            .env("CONDA_PREFIX", venv.path())
+            .env("CONDA_DEFAULT_ENV", name)
+            .output()
+            .unwrap()
+    };
+    let project = conda("shop");
+    assert_eq!(project.status.code(), Some(0), "{}", stderr(&project));
+    assert_eq!(stdout(&project), r#"{"answer": 42}"#);
+    assert!(
+        stderr(&project).contains("granting "),
+        "{}",
+        stderr(&project)
+    );
+    let base = conda("base");
+    assert_eq!(base.status.code(), Some(2), "{}", stderr(&base));
+    assert!(!stderr(&base).contains("granting "), "{}", stderr(&base));
 }
 
 #[test]

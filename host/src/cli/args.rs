@@ -75,10 +75,25 @@ pub struct HandlerArgs {
     pub module: Option<String>,
 
     /// Also make this virtualenv's packages importable (copied in, read-only; `.pth` files are
-    /// honoured, so editable installs work). A directory handler's own vendor/ and pyproject.toml
-    /// dependencies need no flag
+    /// honoured, so editable installs work). Without the flag: VIRTUAL_ENV, else an activated
+    /// conda environment's CONDA_PREFIX (not conda's base environment). A directory handler's
+    /// own vendor/ and pyproject.toml dependencies need no flag
     #[arg(long, env = "VIRTUAL_ENV", value_name = "DIR")]
     pub venv: Option<PathBuf>,
+}
+
+impl HandlerArgs {
+    /// The environment to grant: `--venv` or `VIRTUAL_ENV`, else the active
+    /// conda environment. conda's base environment is conda's own
+    /// installation, active in every shell, not a project's: never taken
+    /// implicitly.
+    pub fn venv(&self) -> Option<PathBuf> {
+        self.venv.clone().or_else(|| {
+            let prefix = std::env::var_os("CONDA_PREFIX").filter(|p| !p.is_empty())?;
+            let base = std::env::var_os("CONDA_DEFAULT_ENV").is_some_and(|name| name == "base");
+            (!base).then(|| PathBuf::from(prefix))
+        })
+    }
 }
 
 #[derive(Debug, Args)]

@@ -119,7 +119,7 @@ fn load(
         module: args.module.clone(),
         limits,
         max_concurrency: None,
-        venv: args.venv.clone(),
+        venv: args.venv(),
         tenant: grants.tenant,
         key_value_stores: grants.granted,
         allowed_outbound_hosts: grants.allowed_outbound_hosts,
