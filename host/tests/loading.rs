@@ -379,3 +379,85 @@ async fn an_unchanged_handler_loads_without_reading_its_files_and_any_write_is_s
         .unwrap();
     assert!(events.borrow().is_empty(), "{:?}", events.borrow());
 }
+
+/// The same with a virtualenv: its trees (site-packages and a `.pth`
+/// directory) are stamped too, announced as granted on every load, and a
+/// write in either is seen.
+#[tokio::test]
+async fn an_unchanged_handler_with_a_virtualenv_loads_from_stamps_and_sees_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("handler");
+    let site = dir.path().join("venv/lib/python3.14/site-packages");
+    let editable = dir.path().join("project");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(&site).unwrap();
+    fs::create_dir_all(&editable).unwrap();
+    fs::write(
+        root.join("app.py"),
+        format!(
+            "# {}\nfrom pycage import route\nimport sitemod, projmod\n\n@route('/')\ndef i():\n    return sitemod.V + projmod.V\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    fs::write(site.join("sitemod.py"), "V = 'a'\n").unwrap();
+    fs::write(
+        site.join("project.pth"),
+        format!("{}\n", editable.display()),
+    )
+    .unwrap();
+    fs::write(editable.join("projmod.py"), "V = 'x'\n").unwrap();
+    let mut config = RuntimeConfig::new(Cache::new(cache_dir()));
+    config.trust_file_stamps = true;
+    let runtime = Runtime::with_config(config).unwrap();
+    let events = RefCell::new(Vec::new());
+    let record = |event: LoadEvent<'_>| {
+        let name = match event {
+            LoadEvent::Building { .. } => "built",
+            LoadEvent::Unchanged { .. } => "unchanged",
+            LoadEvent::Granting { .. } => "granting",
+            _ => return,
+        };
+        events.borrow_mut().push(name);
+    };
+    let options = LoadOptions {
+        venv: Some(dir.path().join("venv")),
+        ..LoadOptions::default()
+    };
+    let load = || runtime.load(&root, &options, &record).unwrap();
+
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    load();
+    let h = load();
+    assert_eq!(
+        *events.borrow(),
+        [
+            "granting",
+            "granting",
+            "built",
+            "granting",
+            "granting",
+            "unchanged"
+        ]
+    );
+    assert_eq!(ok(&get(&h, "/").await).body, b"ax");
+
+    // A write in the .pth directory, then in site-packages, same size and
+    // mtime put back each time: both seen.
+    for (file, text, expected) in [
+        (editable.join("projmod.py"), "V = 'y'\n", &b"ay"[..]),
+        (site.join("sitemod.py"), "V = 'b'\n", &b"by"[..]),
+    ] {
+        let mtime = fs::metadata(&file).unwrap().modified().unwrap();
+        fs::write(&file, text).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let h = load();
+        assert_eq!(events.borrow().last(), Some(&"built"));
+        assert_eq!(ok(&get(&h, "/").await).body, expected);
+    }
+}

@@ -108,7 +108,7 @@ pub(crate) fn ensure_built(
     let key = cache::handler_key(&source.entry_spec(), snapshot, &layers);
     if let Some(built) = entry::load(engine, cache, &key)? {
         let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
-        remember(settings, source, venv, &key);
+        remember(settings, source, venv, &layers, &key);
         return Ok(Ready { built, stdlib });
     }
 
@@ -190,7 +190,7 @@ pub(crate) fn ensure_built(
         detail: "the entry just built did not load".into(),
     })?;
     built.cache_hit = false;
-    remember(settings, source, venv, &key);
+    remember(settings, source, venv, &layers, &key);
     Ok(Ready { built, stdlib })
 }
 
@@ -198,8 +198,7 @@ pub(crate) fn ensure_built(
 /// (`source` from [`HandlerSource::stamp`], see `cache::index`); `None`
 /// if stamps are not trusted (`BuildSettings::index_stamps`) or the
 /// handler is not known as it is now: then it is read and built as usual.
-/// A handler with a virtualenv always is (the environment is another
-/// tree, outside the index).
+/// A virtualenv's trees are stamped and checked the same way.
 pub(crate) fn ensure_indexed(
     engine: &Engine,
     settings: &BuildSettings,
@@ -208,10 +207,10 @@ pub(crate) fn ensure_indexed(
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<Option<Ready>, LoadError> {
     let cache = &settings.cache;
-    if !settings.index_stamps || venv.is_some() {
+    if !settings.index_stamps {
         return Ok(None);
     }
-    let Some(key) = cache.indexed(source) else {
+    let Some((key, venv_trees)) = cache.indexed(source, venv) else {
         return Ok(None);
     };
     let Some(built) = entry::load(engine, cache, &key)? else {
@@ -219,6 +218,13 @@ pub(crate) fn ensure_indexed(
     };
     for (path, reason) in &source.snapshot().skipped {
         on_event(LoadEvent::Skipped { path, reason });
+    }
+    // A virtualenv is announced as granted on every load, as when read.
+    for tree in &venv_trees {
+        for (path, reason) in &tree.snapshot.skipped {
+            on_event(LoadEvent::Skipped { path, reason });
+        }
+        on_event(LoadEvent::Granting { path: &tree.path });
     }
     on_event(LoadEvent::Unchanged {
         source: &source.path,
@@ -229,9 +235,28 @@ pub(crate) fn ensure_indexed(
 
 /// Index `source` (just read) as `key`, unless a file changed too recently
 /// for its stamp to be trusted.
-fn remember(settings: &BuildSettings, source: &HandlerSource, venv: Option<&Path>, key: &str) {
-    if settings.index_stamps && venv.is_none() && !cache::index::racy(source, source.read_at) {
-        settings.cache.index(source, key);
+fn remember(
+    settings: &BuildSettings,
+    source: &HandlerSource,
+    venv: Option<&Path>,
+    layers: &[Layer],
+    key: &str,
+) {
+    if !settings.index_stamps {
+        return;
+    }
+    // The virtualenv's trees are the layers read from disk, site-packages first.
+    let trees: Vec<_> = layers
+        .iter()
+        .filter_map(|layer| match &layer.contents {
+            LayerContents::Files(snapshot) => Some((layer.origin.as_path(), snapshot)),
+            LayerContents::Installed { .. } => None,
+        })
+        .collect();
+    if !cache::index::racy(source, &trees, source.read_at) {
+        settings
+            .cache
+            .index(source, venv.map(|venv| (venv, &trees[..])), key);
     }
 }
 

@@ -339,6 +339,16 @@ pub(crate) fn read_tree(
     walk_tree(root, shown_as, tree, true)
 }
 
+/// [`read_tree`] without reading contents: only the stamps (see
+/// `cache::index`).
+pub(crate) fn stamp_tree_at(
+    root: std::os::fd::BorrowedFd<'_>,
+    shown_as: &Path,
+    tree: &Tree,
+) -> Result<Snapshot, LoadError> {
+    walk_tree(root, shown_as, tree, false)
+}
+
 /// [`read_tree`], or with `contents` false only stamped (see
 /// [`TreeRules::contents`]).
 fn walk_tree(
@@ -375,6 +385,18 @@ pub(crate) fn snapshot_tree(root: &Path, tree: &Tree) -> Result<Snapshot, LoadEr
         });
     }
     read_tree(fd.as_fd(), root, tree)
+}
+
+/// [`snapshot_tree`], stamps only.
+pub(crate) fn stamp_tree(root: &Path, tree: &Tree) -> Result<Snapshot, LoadError> {
+    let (fd, stat) = untrusted::open_named(root).map_err(load_error)?;
+    if untrusted::file_type(&stat) != rustix::fs::FileType::Directory {
+        return Err(LoadError::Io {
+            path: root.to_path_buf(),
+            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
+        });
+    }
+    stamp_tree_at(fd.as_fd(), root, tree)
 }
 
 impl Snapshot {

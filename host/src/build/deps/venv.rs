@@ -42,6 +42,25 @@ pub(crate) fn read(venv: &Path) -> Result<Vec<Granted>, LoadError> {
     Ok(granted)
 }
 
+/// The trees of `venv` stamped, not read (see `cache::index`): its
+/// site-packages, then `dirs`, the `.pth` directories it had when it was
+/// last read (a changed `.pth` file changes site-packages' stamps anyway).
+pub(crate) fn stamp(venv: &Path, dirs: &[PathBuf]) -> Result<Vec<Granted>, LoadError> {
+    let (site, site_fd) = site_packages(venv)?;
+    let snapshot = stage::stamp_tree_at(site_fd.as_fd(), &site, &Tree::VENV)?;
+    let mut granted = vec![Granted {
+        path: site,
+        snapshot,
+    }];
+    for dir in dirs {
+        granted.push(Granted {
+            path: dir.clone(),
+            snapshot: stage::stamp_tree(dir, &Tree::VENV)?,
+        });
+    }
+    Ok(granted)
+}
+
 /// `venv` may be a virtualenv (with `lib/python3.X/site-packages`) or a
 /// site-packages directory itself. Returns its real path and a handle.
 fn site_packages(venv: &Path) -> Result<(PathBuf, OwnedFd), LoadError> {
