@@ -93,8 +93,9 @@ impl Default for Limits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BuildLimits {
     /// Wall clock, for the import, the snapshot and the compile together;
-    /// installing dependencies that are not cached yet gets the same again,
-    /// before. Default: 120 s.
+    /// each step of installing dependencies that are not cached yet (a pip
+    /// run, a download, one source build) gets the same, before. Default:
+    /// 120 s.
     pub timeout: Duration,
     /// Memory of the build process (`RLIMIT_DATA`). Default: 1.5 GiB (a
     /// build of a small handler peaks near 450 MB).

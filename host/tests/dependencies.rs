@@ -433,3 +433,99 @@ async fn requirements_are_resolved_for_the_guest_python_not_the_host() {
         serde_json::json!({"networkx": "3.7", "path": 3, "six": true, "idna": false})
     );
 }
+
+/// A package's metadata can name a direct URL or a local path, which pip
+/// would build on the host even with --only-binary. pycage's pip refuses
+/// it before anything is fetched or run. The index here is a directory
+/// (`file://`) holding one wheel whose `Requires-Dist` points at a local
+/// project with a build backend that would leave a mark.
+#[test]
+fn a_dependency_naming_a_url_or_path_is_refused_and_nothing_is_built_on_the_host() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path();
+    let mark = root.join("PWNED");
+    let project = root.join("evilproj");
+    fs::create_dir_all(&project).unwrap();
+    fs::write(
+        project.join("pyproject.toml"),
+        "[build-system]\nrequires = []\nbuild-backend = \"evil\"\nbackend-path = [\".\"]\n",
+    )
+    .unwrap();
+    fs::write(
+        project.join("evil.py"),
+        format!(
+            "open({:?}, 'w').write('host code ran')\n",
+            mark.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let index = root.join("index");
+    let script = r#"
+import base64, hashlib, os, sys, zipfile
+index, target = sys.argv[1], sys.argv[2]
+os.makedirs(os.path.join(index, "urldep"))
+name = "urldep-1.0-py3-none-any.whl"
+files = {
+    "urldep/__init__.py": b"",
+    "urldep-1.0.dist-info/METADATA": (
+        "Metadata-Version: 2.1\nName: urldep\nVersion: 1.0\n"
+        f"Requires-Dist: evil @ file://{target}\n"
+    ).encode(),
+    "urldep-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile(os.path.join(index, "urldep", name), "w") as z:
+    for path, data in files.items():
+        z.writestr(path, data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append("urldep-1.0.dist-info/RECORD,,")
+    z.writestr("urldep-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+with open(os.path.join(index, "urldep", "index.html"), "w") as f:
+    f.write(f'<a href="{name}">{name}</a>\n')
+"#;
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            script,
+            index.to_str().unwrap(),
+            project.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let handler = handler_declaring("urldep==1.0");
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .args(["build", handler.path().to_str().unwrap()])
+        .env("PYCAGE_CACHE_DIR", cache.path())
+        .env("PIP_INDEX_URL", format!("file://{}", index.display()))
+        .env_remove("VIRTUAL_ENV")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("refused evil @ file://"),
+        "pip's refusal is shown: {stderr}"
+    );
+    assert!(
+        !mark.exists(),
+        "the project's build backend ran on the host"
+    );
+    // The same handler with a plain dependency still builds (the refusal
+    // is of that requirement, not of installing).
+    let fine = handler_declaring("six==1.17.0");
+    let out = Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .args(["build", fine.path().to_str().unwrap()])
+        .env("PYCAGE_CACHE_DIR", cache.path())
+        .env_remove("VIRTUAL_ENV")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -280,6 +280,53 @@ pub(crate) fn read_file_at(
     max: u64,
     shown_as: &Path,
 ) -> Result<Option<Vec<u8>>, ReadError> {
+    match open_file_at(dir, relative, shown_as)? {
+        Some((fd, stat)) => read_to_end(fd, &stat, max, shown_as).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Copy the regular file at `relative` below `dir` (following no link on
+/// the way) to `target` (created, not there before), streaming, refused
+/// past `max` bytes (from its size on the handle, and while copying).
+pub(crate) fn copy_file_at(
+    dir: BorrowedFd<'_>,
+    relative: &Path,
+    max: u64,
+    shown_as: &Path,
+    target: &Path,
+) -> Result<(), ReadError> {
+    let (fd, stat) = open_file_at(dir, relative, shown_as)?
+        .ok_or_else(|| ReadError::io(shown_as, io::Error::from(io::ErrorKind::NotFound)))?;
+    let too_large = || ReadError::TooLarge {
+        path: shown_as.to_path_buf(),
+        limit: format_bytes(max),
+    };
+    if u64::try_from(stat.st_size).unwrap_or(u64::MAX) > max {
+        return Err(too_large());
+    }
+    let mut out = File::options()
+        .write(true)
+        .create_new(true)
+        .open(target)
+        .map_err(|e| ReadError::io(target, e))?;
+    let copied = io::copy(&mut File::from(fd).take(max + 1), &mut out)
+        .map_err(|e| ReadError::io(shown_as, e))?;
+    if copied > max {
+        drop(out);
+        let _ = std::fs::remove_file(target);
+        return Err(too_large());
+    }
+    Ok(())
+}
+
+/// Open the regular file at `relative` below `dir`, following no link on
+/// the way; `Ok(None)` if it does not exist.
+fn open_file_at(
+    dir: BorrowedFd<'_>,
+    relative: &Path,
+    shown_as: &Path,
+) -> Result<Option<(OwnedFd, Stat)>, ReadError> {
     let (parent, name) = match (relative.parent(), relative.file_name()) {
         (Some(parent), Some(name)) => (parent, name),
         _ => {
@@ -301,7 +348,7 @@ pub(crate) fn read_file_at(
     match open_entry(parent_fd.as_fd(), &cname) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(ReadError::io(shown_as, error)),
-        Ok(Opened::File { fd: Some(fd), stat }) => read_to_end(fd, &stat, max, shown_as).map(Some),
+        Ok(Opened::File { fd: Some(fd), stat }) => Ok(Some((fd, stat))),
         Ok(Opened::File { fd: None, .. }) => unreachable!("open_entry opens the files it finds"),
         Ok(Opened::Dir(_)) => Err(ReadError::WrongType {
             path: shown_as.to_path_buf(),

@@ -169,7 +169,14 @@ impl Pip {
     ) -> Result<(), String> {
         empty_dir(target).map_err(|e| format!("{}: {e}", target.display()))?;
         let cwd = tempfile::tempdir().map_err(|e| e.to_string())?;
+        // pip unpacks into its temporary directory first: that is put
+        // beside the target and watched with it, so the disk limit
+        // counts it and nothing is left behind when pip is killed.
+        let watched = target.parent().unwrap_or(target);
+        let tmp = watched.join(".pip-tmp");
+        empty_dir(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         let mut command = self.pip(cwd.path());
+        command.env("TMPDIR", &tmp);
         command.args([
             "--platform",
             "any",
@@ -187,9 +194,9 @@ impl Pip {
             .arg(target)
             .arg("--")
             .args(requirements);
-        run(command, target, deadline, limits)
-            .map(drop)
-            .map_err(|f| f.output)
+        let ran = run(command, watched, deadline, limits);
+        let _ = crate::host_fs::untrusted::remove_tree(&tmp);
+        ran.map(drop).map_err(|f| f.output)
     }
 
     /// The newest source distribution of `requirement` for the guest,
@@ -245,7 +252,6 @@ pub(crate) struct Context<'a> {
     pub cache: &'a Cache,
     pub isolation: &'a BuildIsolation,
     pub limits: &'a BuildLimits,
-    pub deadline: Instant,
     /// Private scratch space, removed with the layer's scratch directory.
     pub work: &'a Path,
 }
@@ -261,20 +267,26 @@ pub(super) fn install(
     target: &Path,
     on_source_build: &dyn Fn(&str),
 ) -> Result<Vec<String>, LoadError> {
-    let Context {
-        deadline, limits, ..
-    } = *context;
-    let pip = Pip::ensure(context.cache, context.work, pyproject, deadline, limits)?;
+    let limits = context.limits;
+    // Each step (one pip run, one fetch, one source build) gets the build
+    // timeout: at most 2 + 3 x MAX_SOURCE_BUILDS of them.
+    let deadline = || Instant::now() + limits.timeout;
+    let pip = Pip::ensure(context.cache, context.work, pyproject, deadline(), limits)?;
     let wheelhouse = context.work.join("wheelhouse");
     let sdists = context.work.join("sdists");
     for dir in [&wheelhouse, &sdists] {
         fs::create_dir_all(dir).map_err(|e| context.cache.error(dir, e))?;
     }
     let mut built: Vec<String> = Vec::new();
+    // Wheels built here, kept in the cache once the install took them.
+    let mut to_keep: Vec<(Sdist, String)> = Vec::new();
     loop {
         let Err(output) =
-            pip.install_pure(requirements, target, Some(&wheelhouse), deadline, limits)
+            pip.install_pure(requirements, target, Some(&wheelhouse), deadline(), limits)
         else {
+            for (sdist, wheel) in &to_keep {
+                sdist::keep_wheel(context.cache, sdist, &wheelhouse, wheel);
+            }
             return Ok(built);
         };
         let failed = |detail: String| LoadError::DependencyInstall {
@@ -291,7 +303,7 @@ pub(super) fn install(
                 tail(&output, 40)
             )));
         }
-        let why_not = match pip.fetch_sdist(&requirement, &sdists, deadline, limits) {
+        let why_not = match pip.fetch_sdist(&requirement, &sdists, deadline(), limits) {
             Ok(Some(sdist)) if built.iter().any(|w| same_project(w, &sdist.file)) => {
                 format!(
                     "its source distribution {} was built, and pip still found no match",
@@ -301,7 +313,8 @@ pub(super) fn install(
             Ok(Some(sdist)) => {
                 let work = context.work.join(format!("build-{}", built.len()));
                 let cached = sdist::cached_wheel(context.cache, &sdist, &wheelhouse);
-                if cached.is_none() {
+                let fresh = cached.is_none();
+                if fresh {
                     on_source_build(&format!("{} ({})", requirement, sdist.file));
                 }
                 let result = match cached {
@@ -313,16 +326,18 @@ pub(super) fn install(
                         &work,
                         &wheelhouse,
                         context.isolation,
-                        deadline,
+                        deadline(),
                         limits,
-                    )
-                    .inspect(|wheel| sdist::keep_wheel(context.cache, &sdist, &wheelhouse, wheel)),
+                    ),
                 };
                 match result {
                     Ok(wheel) => {
                         // The build's scratch (source, component) is done with.
                         let _ = crate::host_fs::untrusted::remove_tree(&work);
-                        built.push(wheel);
+                        built.push(wheel.clone());
+                        if fresh {
+                            to_keep.push((sdist, wheel));
+                        }
                         continue;
                     }
                     Err(detail) => format!(
@@ -336,7 +351,7 @@ pub(super) fn install(
         };
         // The usual reason: the package needs native code. Name its
         // extension modules if its host wheel shows them.
-        if let Some(modules) = native_modules_of(&pip, &requirement, deadline, limits) {
+        if let Some(modules) = native_modules_of(&pip, &requirement, deadline(), limits) {
             return Err(LoadError::NativeOnly {
                 path: pyproject.to_path_buf(),
                 requirement,
@@ -402,13 +417,14 @@ fn run(
     }
 }
 
-/// The requirement pip could not satisfy, from its error output.
+/// The requirement pip could not satisfy, from its error line, checked
+/// like a declared one (the text may come from any package's metadata).
 fn unsatisfied(output: &str) -> Option<String> {
     output.lines().find_map(|line| {
-        let rest = line.split("No matching distribution found for ").nth(1)?;
+        let rest = line.strip_prefix("ERROR: No matching distribution found for ")?;
         // "pydantic-core==2.46.4 (from pydantic)": the requirement alone.
         let requirement = rest.split(" (from ").next().unwrap_or(rest);
-        Some(requirement.trim().to_owned())
+        super::pyproject::parse(requirement.trim())
     })
 }
 
@@ -422,16 +438,19 @@ fn native_modules_of(
 ) -> Option<Vec<String>> {
     let probe = tempfile::tempdir().ok()?;
     let (cwd, target) = (probe.path().join("cwd"), probe.path().join("site"));
-    fs::create_dir(&cwd).ok()?;
-    fs::create_dir(&target).ok()?;
+    let tmp = probe.path().join("tmp");
+    for dir in [&cwd, &target, &tmp] {
+        fs::create_dir(dir).ok()?;
+    }
     let mut command = pip.pip(&cwd);
     command
+        .env("TMPDIR", &tmp)
         .arg("--no-deps")
         .arg("--target")
         .arg(&target)
         .arg("--")
         .arg(requirement);
-    run(command, &target, deadline, limits).ok()?;
+    run(command, probe.path(), deadline, limits).ok()?;
     let snapshot = stage::snapshot_tree(&target, &Tree::INSTALLED).ok()?;
     let modules: Vec<String> = native::find(&snapshot, &[""])
         .into_iter()
@@ -475,6 +494,11 @@ mod tests {
         assert_eq!(unsatisfied(pip).as_deref(), Some("pydantic-core==2.46.4"));
         let from = "ERROR: No matching distribution found for markupsafe>=2.0 (from jinja2)\n";
         assert_eq!(unsatisfied(from).as_deref(), Some("markupsafe>=2.0"));
+        // Only pip's own error line, and only a plain index requirement.
+        let echoed = "Ignoring x: markers 'No matching distribution found for .. (from x' ...\n";
+        assert_eq!(unsatisfied(echoed), None);
+        let path = "ERROR: No matching distribution found for ../up\n";
+        assert_eq!(unsatisfied(path), None);
         assert_eq!(unsatisfied("ERROR: something else"), None);
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
     }

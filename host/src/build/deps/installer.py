@@ -32,6 +32,8 @@ def fail(message):
 
 
 def download(url, sha256, dest, max_bytes):
+    if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+        fail("only http(s) downloads are made")
     digest = hashlib.sha256()
     size = 0
     partial = dest + ".part"
@@ -62,7 +64,59 @@ def use_pip(wheel, sha256, markers_json):
 
     guest = json.loads(markers_json)
     markers.default_environment = lambda: dict(guest)
+    _never_build()
     return guest
+
+
+def _never_build():
+    """pip builds a source distribution, a local directory or a direct URL
+    requirement on the host even with --only-binary=:all: (a URL or path
+    in a dependency's metadata or a build requirement gets there). This
+    pip never does: it takes wheels found on the index or in --find-links,
+    and nothing else, before anything is downloaded or run."""
+    from pip._internal.distributions.sdist import SourceDistribution
+    from pip._internal.exceptions import InstallationError
+    from pip._internal.operations.prepare import RequirementPreparer
+    from pip._internal.req.req_install import InstallRequirement
+
+    def check(req):
+        if req.editable or req.original_link is not None:
+            raise InstallationError(
+                f"pycage installs from the package index only; refused {req} "
+                f"(a direct URL or path requirement)"
+            )
+        if req.link is not None and not req.link.is_wheel:
+            raise InstallationError(
+                f"pycage never builds on the host; refused {req.link.filename} "
+                f"(not a wheel)"
+            )
+
+    def guard(method):
+        def guarded(self, req, *args, **kwargs):
+            check(req)
+            return method(self, req, *args, **kwargs)
+        return guarded
+
+    def guard_many(method):
+        def guarded(self, reqs, *args, **kwargs):
+            reqs = list(reqs)
+            for req in reqs:
+                check(req)
+            return method(self, reqs, *args, **kwargs)
+        return guarded
+
+    def refuse(self, *args, **kwargs):
+        raise InstallationError("pycage never builds on the host")
+
+    RequirementPreparer.prepare_linked_requirement = guard(
+        RequirementPreparer.prepare_linked_requirement
+    )
+    RequirementPreparer.prepare_linked_requirements_more = guard_many(
+        RequirementPreparer.prepare_linked_requirements_more
+    )
+    RequirementPreparer.prepare_editable_requirement = refuse
+    SourceDistribution.prepare_distribution_metadata = refuse
+    InstallRequirement.prepare_metadata = refuse
 
 
 def fetch_pip(url, sha256, dest):
@@ -99,6 +153,8 @@ def fetch_sdist(wheel, sha256, markers_json, requirement, dest_dir, max_bytes):
             or entry.get("yanked")
             or os.path.basename(filename) != filename
             or filename.startswith(".")
+            or not filename.isprintable()
+            or filename != filename.strip()
         ):
             continue
         try:
@@ -115,8 +171,11 @@ def fetch_sdist(wheel, sha256, markers_json, requirement, dest_dir, max_bytes):
         sha256 = entry.get("hashes", {}).get("sha256")
         if not sha256:
             continue
+        url = urllib.parse.urljoin(page, entry.get("url", ""))
+        if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+            continue
         if best is None or version > best[0]:
-            best = (version, filename, urllib.parse.urljoin(page, entry["url"]), sha256)
+            best = (version, filename, url, sha256)
     if best is None:
         print(json.dumps({"found": False}))
         return

@@ -25,7 +25,6 @@ pub(crate) mod venv;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::Serialize;
 
@@ -139,7 +138,7 @@ fn check_native(snapshot: &Snapshot, roots: &[&str], origin: &Path) -> Result<()
 }
 
 /// Install every declared-dependency layer that is not in the cache yet.
-/// All installs together get `timeout`.
+/// Each step of an install (a pip run, a source build) gets `timeout`.
 pub(crate) fn install_missing(
     layers: &[Layer],
     cache: &Cache,
@@ -147,7 +146,6 @@ pub(crate) fn install_missing(
     limits: &BuildLimits,
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<(), LoadError> {
-    let deadline = Instant::now() + limits.timeout;
     for layer in layers {
         if let LayerContents::Installed {
             dir, requirements, ..
@@ -160,7 +158,6 @@ pub(crate) fn install_missing(
                 &layer.origin,
                 requirements,
                 dir,
-                deadline,
                 limits,
                 on_event,
             )?;
@@ -170,14 +167,12 @@ pub(crate) fn install_missing(
 }
 
 /// Install `requirements` and publish them as the layer `dir`.
-#[allow(clippy::too_many_arguments)]
 fn install_layer(
     cache: &Cache,
     isolation: &BuildIsolation,
     pyproject: &Path,
     requirements: &[String],
     dir: &Path,
-    deadline: Instant,
     limits: &BuildLimits,
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<(), LoadError> {
@@ -197,7 +192,6 @@ fn install_layer(
         cache,
         isolation,
         limits,
-        deadline,
         work: &work,
     };
     let built_from_source = install::install(&context, pyproject, requirements, &site, &|what| {

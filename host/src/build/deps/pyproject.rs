@@ -65,8 +65,10 @@ pub fn dependencies(path: &Path, text: &str) -> Result<Vec<String>, LoadError> {
 }
 
 /// `name [extras] [specifiers] [; marker]`, rebuilt with the name and
-/// extras normalised; `None` if it is anything else.
-fn parse(requirement: &str) -> Option<String> {
+/// extras normalised; `None` if it is anything else (a URL, a path, an
+/// option). Also applied to what comes from packages: the build
+/// requirements of a source distribution, the requirement pip reports.
+pub(crate) fn parse(requirement: &str) -> Option<String> {
     if requirement.len() > MAX_REQUIREMENT {
         return None;
     }

@@ -63,8 +63,18 @@ pub(super) fn build(
     for dir in [&guest_work, &runner, &build_env, &wit_dir, &out] {
         fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     }
-    if !sdist.requires.is_empty() {
-        pip.install_pure(&sdist.requires, &build_env, None, deadline, limits)
+    // Read from the package: checked like the tenant's own requirements,
+    // so none is a URL, a path or an option.
+    let requires = sdist
+        .requires
+        .iter()
+        .map(|r| {
+            super::pyproject::parse(r)
+                .ok_or_else(|| format!("its build requirement {r:?} is not a name from the index"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if !requires.is_empty() {
+        pip.install_pure(&requires, &build_env, None, deadline, limits)
             .map_err(|output| {
                 format!(
                     "its build requirements ({}) did not install as pure-Python wheels:\n{}",
@@ -130,11 +140,16 @@ pub(super) fn build(
         .strip_prefix("dist/")
         .filter(|name| is_pure_wheel_name(name))
         .ok_or_else(|| format!("the build named {:?}, not a pure wheel", result.wheel))?;
-    let wheel = untrusted::read_file_in(&guest_work, &result.wheel, limits.disk_bytes)
-        .map_err(|e| e.to_string())?
-        .ok_or("the wheel the build named is not there")?;
-    let target = wheelhouse.join(name);
-    fs::write(&target, wheel).map_err(|e| io(&target, e))?;
+    // Streamed, not held in memory: it may be as large as the disk limit.
+    let (work_fd, _) = untrusted::open_named(&guest_work).map_err(|e| e.to_string())?;
+    untrusted::copy_file_at(
+        std::os::fd::AsFd::as_fd(&work_fd),
+        Path::new(&result.wheel),
+        limits.disk_bytes,
+        &guest_work.join(&result.wheel),
+        &wheelhouse.join(name),
+    )
+    .map_err(|e| e.to_string())?;
     Ok(name.to_owned())
 }
 
@@ -170,8 +185,15 @@ pub(super) fn cached_wheel(cache: &Cache, sdist: &Sdist, wheelhouse: &Path) -> O
     Some(name)
 }
 
-/// Keep the wheel just built (fails open: the next install builds again).
+/// Largest wheel kept in the cache (the cache has no eviction).
+const MAX_KEPT_WHEEL: u64 = 64 << 20;
+
+/// Keep the wheel just built and installed (fails open: the next install
+/// builds it again).
 pub(super) fn keep_wheel(cache: &Cache, sdist: &Sdist, wheelhouse: &Path, wheel: &str) {
+    if fs::metadata(wheelhouse.join(wheel)).map_or(true, |m| m.len() > MAX_KEPT_WHEEL) {
+        return;
+    }
     let dir = wheel_cache_dir(cache, sdist);
     let Ok(scratch) = cache.scratch_for(&dir) else {
         return;
