@@ -22,6 +22,9 @@ them:
   stand-in `_bz2` and `_lzma` modules let both import (networkx and
   others import `bz2` unconditionally), and compressing or decompressing
   raises `RuntimeError` saying why. zlib and gzip are real.
+- `mmap`: WASI has no memory mapping; a stand-in module with the
+  constants, whose `mmap()` raises `OSError` (prometheus-client imports it
+  unconditionally, for its multiprocess mode).
 - threads: starting one raises `RuntimeError` saying that WASI has none.
 - asyncio: pycage's event loop (`pycage._aio`) is the one asyncio creates,
   however late asyncio is imported.
@@ -84,6 +87,32 @@ def _install_compression():
         import _lzma  # noqa: F401
     except ImportError:
         sys.modules["_lzma"] = _lzma_module()
+    try:
+        import mmap  # noqa: F401
+    except ImportError:
+        sys.modules["mmap"] = _mmap_module()
+
+
+def _mmap_module():
+    stub = types.ModuleType("mmap", "Stand-in: WASI has no memory mapping (pycage._compat).")
+    constants = {
+        "ACCESS_DEFAULT": 0, "ACCESS_READ": 1, "ACCESS_WRITE": 2, "ACCESS_COPY": 3,
+        "PAGESIZE": 65536, "ALLOCATIONGRANULARITY": 65536,
+        "MAP_SHARED": 1, "MAP_PRIVATE": 2, "MAP_ANONYMOUS": 32, "MAP_ANON": 32,
+        "PROT_READ": 1, "PROT_WRITE": 2, "PROT_EXEC": 4,
+    }
+    for name, value in constants.items():
+        setattr(stub, name, value)
+
+    class mmap:  # noqa: N801 - the real class's name
+        def __init__(self, *args, **kwargs):
+            raise OSError(
+                "mmap is not available in the pycage sandbox (WASI has no memory mapping)"
+            )
+
+    stub.mmap = mmap
+    stub.error = OSError
+    return stub
 
 
 def _lzma_module():

@@ -88,4 +88,6 @@ async fn bz2_and_lzma_import_and_refuse_use_while_gzip_works() {
     assert!(bz2.contains("without libbz2"), "{bz2}");
     let lzma = refused(&body["lzma"], "RuntimeError");
     assert!(lzma.contains("without liblzma"), "{lzma}");
+    let mmap = refused(&body["mmap"], "OSError");
+    assert!(mmap.contains("no memory mapping"), "{mmap}");
 }
