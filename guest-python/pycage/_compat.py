@@ -16,8 +16,8 @@ them:
   Python over `hmac` (slower than OpenSSL's, same results).
 - `tempfile.TemporaryFile()`: an in-memory file (a `SpooledTemporaryFile`
   that never rolls over), bounded by the instance's memory limit and gone
-  with it. The sandbox has no writable directory, so named temporary files
-  and directories (`NamedTemporaryFile`, `mkstemp`, `mkdtemp`) still fail.
+  with it. Named temporary files and directories live in `/tmp`, which
+  `pycage._tmpfs` keeps in the instance's memory too.
 - `bz2` and `lzma`: CPython for WASI is built without libbz2 and liblzma;
   stand-in `_bz2` and `_lzma` modules let both import (networkx and
   others import `bz2` unconditionally), and compressing or decompressing
@@ -305,6 +305,9 @@ def _install_tempfile():
         )
 
     tempfile.TemporaryFile = TemporaryFile
+    from . import _tmpfs
+
+    _tmpfs.install()
 
 
 def _install_threading():

@@ -61,11 +61,44 @@ async fn pbkdf2_hmac_gives_the_rfc_vectors() {
 }
 
 #[tokio::test]
-async fn temporary_files_live_in_memory_and_named_ones_are_refused() {
+async fn temporary_files_live_in_memory_and_named_ones_in_tmp() {
     let body = probe("/tempfile").await;
     assert_eq!(body["binary"], 100_000);
     assert_eq!(body["text"], "héllo");
-    assert_eq!(body["named"]["ok"], false, "{body}");
+    let named = body["named"]["value"].as_str().unwrap();
+    assert!(named.starts_with("/tmp/"), "{body}");
+}
+
+#[tokio::test]
+async fn tmp_is_writable_in_memory_and_empty_in_every_request() {
+    let h = handler("stdlib");
+    for _ in 0..2 {
+        // The first request's files are gone in the second.
+        let body = json(ok(&get(&h, "/tmpdir").await));
+        assert_eq!(body["fresh"], serde_json::json!([]), "{body}");
+        assert_eq!(body["zipped"], "zipped");
+        assert_eq!(body["listing"], serde_json::json!(["sub", "y.json"]));
+        assert_eq!(body["size"], 8);
+        assert_eq!(body["dir_removed"], true);
+        assert_eq!(body["middle"], "cd");
+        assert_eq!(body["whole"], "abcdefgh");
+        assert_eq!(body["unlinked"], true);
+        assert_eq!(body["rmtree"], true);
+        // Only /tmp: the handler's own files stay read-only.
+        assert_eq!(body["outside"]["ok"], false, "{body}");
+    }
+    // Filling /tmp is filling memory: the limit stops it, and the next
+    // request is served.
+    let filled = get(&h, "/tmpfill").await;
+    match &filled.result {
+        Err(pycage::DispatchError::MemoryLimit { .. }) => {}
+        Ok(response) => assert_eq!(response.status, 500),
+        other => panic!("expected the memory limit, got {other:?}"),
+    }
+    assert_eq!(
+        json(ok(&get(&h, "/tmpdir").await))["fresh"],
+        serde_json::json!([])
+    );
 }
 
 #[tokio::test]

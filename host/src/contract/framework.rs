@@ -47,6 +47,10 @@ pub(crate) const FRAMEWORK_FILES: &[(&str, &str)] = &[
         include_str!("../../../guest-python/pycage/_compat.py"),
     ),
     (
+        "pycage/_tmpfs.py",
+        include_str!("../../../guest-python/pycage/_tmpfs.py"),
+    ),
+    (
         "pycage/_ssl.py",
         include_str!("../../../guest-python/pycage/_ssl.py"),
     ),
