@@ -14,10 +14,9 @@ them:
   `getpass.getuser()` answers "pycage".
 - `hashlib.pbkdf2_hmac`: missing without OpenSSL; the standard algorithm in
   Python over `hmac` (slower than OpenSSL's, same results).
-- `tempfile.TemporaryFile()`: an in-memory file (a `SpooledTemporaryFile`
-  that never rolls over), bounded by the instance's memory limit and gone
-  with it. Named temporary files and directories live in `/tmp`, which
-  `pycage._tmpfs` keeps in the instance's memory too.
+- `tempfile`: `/tmp` is writable and lives in the instance's memory
+  (`pycage._tmpfs`), bounded by its memory limit and gone with it; every
+  `tempfile` function works there.
 - `bz2` and `lzma`: CPython for WASI is built without libbz2 and liblzma;
   stand-in `_bz2` and `_lzma` modules let both import (networkx and
   others import `bz2` unconditionally), and compressing or decompressing
@@ -293,18 +292,6 @@ def pbkdf2_hmac(hash_name, password, salt, iterations, dklen=None):
 
 
 def _install_tempfile():
-    import tempfile
-
-    def TemporaryFile(mode="w+b", buffering=-1, encoding=None, newline=None, suffix=None,
-                      prefix=None, dir=None, *, errors=None):
-        """An anonymous temporary file, in memory: the sandbox has no
-        writable directory (pycage._compat)."""
-        return tempfile.SpooledTemporaryFile(
-            max_size=0, mode=mode, buffering=buffering, encoding=encoding, newline=newline,
-            suffix=suffix, prefix=prefix, dir=dir, errors=errors,
-        )
-
-    tempfile.TemporaryFile = TemporaryFile
     from . import _tmpfs
 
     _tmpfs.install()

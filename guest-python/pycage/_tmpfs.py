@@ -13,7 +13,8 @@ Covered: files (open in every mode, os.open/read/write/lseek/fstat/
 ftruncate/close, os.fdopen), directories (mkdir, makedirs, listdir,
 scandir, rmdir, rmtree, walk), stat, exists, rename/replace, unlink,
 utime/chmod (remembered or ignored). Not covered: links, file locks,
-memory mapping, passing these descriptors to code written in C.
+memory mapping, passing these descriptors to code written in C or to the
+functions of `os` that take only a descriptor (`pread`, `dup`, `fwalk`).
 """
 
 import builtins
@@ -21,6 +22,7 @@ import errno
 import io
 import os
 import stat as _stat
+import sys
 import time
 
 ROOT = "/tmp"
@@ -44,11 +46,12 @@ class _File:
 
 
 class _Dir:
-    __slots__ = ("mtime", "mode")
+    __slots__ = ("mtime", "mode", "children")
 
     def __init__(self, mode=0o700):
         self.mtime = time.time()
         self.mode = mode
+        self.children = {}
 
 
 def _error(code, path):
@@ -75,19 +78,41 @@ def _ours(path):
     return None
 
 
+def _lookup(path, original):
+    """The node at `path` (ours), or raise as the kernel would; a trailing
+    slash needs a directory."""
+    node = _nodes.get(path)
+    if node is None:
+        raise _error(errno.ENOENT, original)
+    if isinstance(node, _File) and os.fspath(original)[-1:] in ("/", b"/"):
+        raise _error(errno.ENOTDIR, original)
+    return node
+
+
 def _parent(path):
-    parent = os.path.dirname(path)
-    node = _nodes.get(parent)
+    """The directory node `path` would be in."""
+    node = _nodes.get(os.path.dirname(path))
     if not isinstance(node, _Dir):
         raise _error(errno.ENOENT if node is None else errno.ENOTDIR, path)
-    return parent
+    return node
+
+
+def _link(path, node):
+    parent = _parent(path)
+    parent.children[os.path.basename(path)] = node
+    parent.mtime = time.time()
+    _nodes[path] = node
+
+
+def _drop(path):
+    parent = _parent(path)
+    del parent.children[os.path.basename(path)]
+    parent.mtime = time.time()
+    del _nodes[path]
 
 
 def _children(path):
-    prefix = path + "/"
-    return sorted(
-        p[len(prefix):] for p in _nodes if p.startswith(prefix) and "/" not in p[len(prefix):]
-    )
+    return sorted(_nodes[path].children)
 
 
 def _stat_result(node):
@@ -133,10 +158,12 @@ def _open(path, flags, mode=0o777, *, dir_fd=None):
     if node is None:
         if not flags & os.O_CREAT:
             raise _error(errno.ENOENT, path)
-        _parent(ours)
-        node = _nodes[ours] = _File(mode & 0o777)
+        node = _File(mode & 0o777)
+        _link(ours, node)
     elif flags & os.O_CREAT and flags & os.O_EXCL:
         raise _error(errno.EEXIST, path)
+    else:
+        node = _lookup(ours, path)
     if isinstance(node, _Dir):
         if flags & _ACCESS != os.O_RDONLY:
             raise _error(errno.EISDIR, path)
@@ -164,7 +191,8 @@ def _read(fd, n):
         raise _error(errno.EISDIR, entry.path)
     if not entry.readable:
         raise _error(errno.EBADF, entry.path)
-    data = bytes(entry.node.data[entry.pos:entry.pos + max(n, 0)])
+    with memoryview(entry.node.data) as view:
+        data = bytes(view[entry.pos:entry.pos + max(n, 0)])
     entry.pos += len(data)
     return data
 
@@ -229,12 +257,14 @@ def _truncate_node(node, length):
 
 
 def _truncate(path, length):
+    if isinstance(path, int) and path in _fds:
+        return _ftruncate(path, length)
     ours = _ours(path)
     if ours is None:
         return _real["truncate"](path, length)
-    node = _nodes.get(ours)
+    node = _lookup(ours, path)
     if not isinstance(node, _File):
-        raise _error(errno.ENOENT if node is None else errno.EISDIR, path)
+        raise _error(errno.EISDIR, path)
     _truncate_node(node, length)
 
 
@@ -253,10 +283,7 @@ def _stat_path(path, *, dir_fd=None, follow_symlinks=True):
     ours = _ours(path) if dir_fd is None else None
     if ours is None:
         return _real["stat"](path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-    node = _nodes.get(ours)
-    if node is None:
-        raise _error(errno.ENOENT, path)
-    return _stat_result(node)
+    return _stat_result(_lookup(ours, path))
 
 
 def _lstat(path, *, dir_fd=None):
@@ -271,8 +298,7 @@ def _mkdir(path, mode=0o777, *, dir_fd=None):
         return _real["mkdir"](path, mode, dir_fd=dir_fd)
     if ours in _nodes:
         raise _error(errno.EEXIST, path)
-    _parent(ours)
-    _nodes[ours] = _Dir(mode & 0o777)
+    _link(ours, _Dir(mode & 0o777))
 
 
 def _rmdir(path, *, dir_fd=None):
@@ -284,19 +310,23 @@ def _rmdir(path, *, dir_fd=None):
         raise _error(errno.ENOENT if node is None else errno.ENOTDIR, path)
     if ours == ROOT:
         raise _error(errno.EBUSY, path)
-    if _children(ours):
+    if node.children:
         raise _error(errno.ENOTEMPTY, path)
-    del _nodes[ours]
+    _drop(ours)
 
 
 def _unlink(path, *, dir_fd=None):
     ours = _ours(path) if dir_fd is None else None
     if ours is None:
         return _real["unlink"](path, dir_fd=dir_fd)
-    node = _nodes.get(ours)
+    node = _lookup(ours, path)
     if not isinstance(node, _File):
-        raise _error(errno.ENOENT if node is None else errno.EISDIR, path)
-    del _nodes[ours]
+        raise _error(errno.EISDIR, path)
+    _drop(ours)
+
+
+def _remove(path, *, dir_fd=None):
+    return _unlink(path, dir_fd=dir_fd)
 
 
 def _rename(src, dst, *, src_dir_fd=None, dst_dir_fd=None, _real_name="rename"):
@@ -305,27 +335,29 @@ def _rename(src, dst, *, src_dir_fd=None, dst_dir_fd=None, _real_name="rename"):
         return _real[_real_name](src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
     if a is None or b is None:
         raise _error(errno.EXDEV, src)
-    node = _nodes.get(a)
-    if node is None:
-        raise _error(errno.ENOENT, src)
+    node = _lookup(a, src)
     if a == b:
         return
     _parent(b)
-    if b.startswith(a + "/"):
+    if b.startswith(a + "/") or a == ROOT:
         raise _error(errno.EINVAL, src)
     target = _nodes.get(b)
     if isinstance(target, _Dir):
         if not isinstance(node, _Dir):
             raise _error(errno.EISDIR, dst)
-        if _children(b):
+        if target.children:
             raise _error(errno.ENOTEMPTY, dst)
     elif target is not None and isinstance(node, _Dir):
         raise _error(errno.ENOTDIR, dst)
-    moved = {p: n for p, n in _nodes.items() if p == a or p.startswith(a + "/")}
-    for p in moved:
-        del _nodes[p]
-    for p, n in moved.items():
-        _nodes[b + p[len(a):]] = n
+    if target is not None:
+        _drop(b)
+    _drop(a)
+    _link(b, node)
+    if isinstance(node, _Dir):
+        # Re-key what is below it (a file moves in constant time).
+        below = [p for p in _nodes if p.startswith(a + "/")]
+        for p in below:
+            _nodes[b + p[len(a):]] = _nodes.pop(p)
 
 
 def _replace(src, dst, *, src_dir_fd=None, dst_dir_fd=None):
@@ -338,10 +370,10 @@ def _listdir(path="."):
     ours = _ours(path)
     if ours is None:
         return _real["listdir"](path)
-    node = _nodes.get(ours)
+    node = _lookup(ours, path)
     if not isinstance(node, _Dir):
-        raise _error(errno.ENOENT if node is None else errno.ENOTDIR, path)
-    names = _children(ours)
+        raise _error(errno.ENOTDIR, path)
+    names = sorted(node.children)
     if isinstance(os.fspath(path), bytes):
         return [os.fsencode(n) for n in names]
     return names
@@ -404,8 +436,8 @@ def _scandir(path="."):
         return _real["scandir"](path)
     shown = os.fspath(path)
     entries = []
-    for name in _listdir(ours):
-        node = _nodes[ours + "/" + name]
+    for name in _listdir(path):
+        node = _nodes[ours + "/" + os.fsdecode(name)]
         entries.append(_DirEntry(name, os.path.join(shown, name), node))
     return _ScandirIterator(entries)
 
@@ -421,10 +453,10 @@ def _access(path, mode, *, dir_fd=None, effective_ids=False, follow_symlinks=Tru
 def _utime(path, times=None, *, ns=None, dir_fd=None, follow_symlinks=True):
     ours = _ours(path) if dir_fd is None else None
     if ours is None:
-        return _real["utime"](path, times, ns=ns, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-    node = _nodes.get(ours)
-    if node is None:
-        raise _error(errno.ENOENT, path)
+        # The real utime refuses ns=None given explicitly.
+        extra = {} if ns is None else {"ns": ns}
+        return _real["utime"](path, times, dir_fd=dir_fd, follow_symlinks=follow_symlinks, **extra)
+    node = _lookup(ours, path)
     if ns is not None:
         node.mtime = ns[1] / 1e9
     elif times is not None:
@@ -437,9 +469,7 @@ def _chmod(path, mode, *, dir_fd=None, follow_symlinks=True):
     ours = _ours(path) if dir_fd is None else None
     if ours is None:
         return _real["chmod"](path, mode, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-    node = _nodes.get(ours)
-    if node is None:
-        raise _error(errno.ENOENT, path)
+    node = _lookup(ours, path)
     node.mode = mode & 0o7777
 
 
@@ -453,42 +483,74 @@ def _readlink(path, *, dir_fd=None):
 # --- io.open ----------------------------------------------------------------
 
 
+class _Ours(Exception):
+    """An opener returned one of our descriptors (see `_io_open`)."""
+
+    def __init__(self, fd):
+        super().__init__(fd)
+        self.fd = fd
+
+
 class _Raw(io.RawIOBase):
     """The unbuffered file object over one of our descriptors."""
 
     def __init__(self, fd, name, mode, closefd):
+        entry = _fd(fd)
         self._fd = fd
         self.name = name
         self.mode = mode
         self._closefd = closefd
+        self._readable = entry.readable
+        self._writable = entry.writable
 
     def readable(self):
-        return _fd(self._fd).readable
+        self._checkClosed()
+        return self._readable
 
     def writable(self):
-        return _fd(self._fd).writable
+        self._checkClosed()
+        return self._writable
 
     def seekable(self):
+        self._checkClosed()
         return True
 
     def fileno(self):
+        self._checkClosed()
         return self._fd
 
     def isatty(self):
+        self._checkClosed()
         return False
 
     def readinto(self, buffer):
-        data = _read(self._fd, len(buffer))
-        memoryview(buffer).cast("B")[:len(data)] = data
+        self._checkClosed()
+        with memoryview(buffer) as view, view.cast("B") as target:
+            data = _read(self._fd, len(target))
+            target[:len(data)] = data
         return len(data)
 
+    def readall(self):
+        # One copy, not the chunked default's several.
+        self._checkClosed()
+        entry = _fd(self._fd)
+        if not entry.readable:
+            raise _error(errno.EBADF, entry.path)
+        with memoryview(entry.node.data) as view:
+            data = bytes(view[entry.pos:])
+        entry.pos += len(data)
+        return data
+
     def write(self, data):
+        self._checkClosed()
         return _write(self._fd, data)
 
     def seek(self, pos, whence=0):
+        self._checkClosed()
         return _lseek(self._fd, pos, whence)
 
     def tell(self):
+        self._checkClosed()
         return _fd(self._fd).pos
 
     def truncate(self, size=None):
@@ -509,16 +571,22 @@ _FLAGS = {
 
 def _io_open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
              closefd=True, opener=None, *, name=None):
-    if opener is not None and isinstance(mode, str) and not isinstance(file, int):
-        # tempfile opens through an opener that returns the descriptor:
-        # ours only if that descriptor is.
-        kind = next((c for c in mode if c in "rwax"), "r")
-        flags = _FLAGS[kind] if "+" not in mode else (_FLAGS[kind] & ~_ACCESS) | os.O_RDWR
-        fd = opener(file, flags)
-        if fd in _fds:
-            return _io_open(fd, mode, buffering, encoding, errors, newline, True, None, name=file)
-        return _real["io.open"](file, mode, buffering, encoding, errors, newline, closefd,
-                                lambda *_: fd)
+    if opener is not None:
+        # tempfile opens through an opener that returns the descriptor.
+        # The real open checks the arguments and computes the flags; it is
+        # taken over only if the descriptor the opener returns is ours.
+        def wrapped(path, flags):
+            fd = opener(path, flags)
+            if fd in _fds:
+                raise _Ours(fd)
+            return fd
+
+        try:
+            return _real["io.open"](file, mode, buffering, encoding, errors, newline, closefd,
+                                    wrapped)
+        except _Ours as ours:
+            return _io_open(ours.fd, mode, buffering, encoding, errors, newline, True, None,
+                            name=file)
     ours = _ours(file) if not isinstance(file, int) else None
     if ours is None and not (isinstance(file, int) and file in _fds):
         return _real["io.open"](file, mode, buffering, encoding, errors, newline, closefd, opener)
@@ -534,12 +602,20 @@ def _io_open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=N
     if isinstance(file, int):
         fd, name = file, file if name is None else name
     else:
+        if not closefd:
+            raise ValueError("Cannot use closefd=False with file name")
         flags = _FLAGS[kinds[0]]
         if plus:
             flags = (flags & ~_ACCESS) | os.O_RDWR
         fd, name = _open(ours, flags, 0o666), file
-        closefd = True
-    raw = _Raw(fd, name, mode.replace("t", ""), closefd)
+        if isinstance(_fds[fd].node, _Dir):
+            _close(fd)
+            raise _error(errno.EISDIR, file)
+    # The mode FileIO reports.
+    raw_mode = {"x": "xb", "a": "ab", "w": "wb", "r": "rb"}[kinds[0]]
+    if plus:
+        raw_mode = "rb+" if kinds[0] in "rw" else raw_mode + "+"
+    raw = _Raw(fd, name, raw_mode, closefd)
     if kinds[0] == "a":
         _lseek(fd, 0, os.SEEK_END)
     if buffering == 0:
@@ -567,7 +643,7 @@ _OS = {
     "open": _open, "close": _close, "read": _read, "write": _write, "lseek": _lseek,
     "fstat": _fstat, "ftruncate": _ftruncate, "truncate": _truncate, "fsync": _fsync,
     "isatty": _isatty, "stat": _stat_path, "lstat": _lstat, "mkdir": _mkdir,
-    "rmdir": _rmdir, "unlink": _unlink, "remove": _unlink, "rename": _rename,
+    "rmdir": _rmdir, "unlink": _unlink, "remove": _remove, "rename": _rename,
     "replace": _replace, "listdir": _listdir, "scandir": _scandir, "access": _access,
     "utime": _utime, "chmod": _chmod, "readlink": _readlink,
 }
@@ -592,10 +668,28 @@ def install():
     import shutil
     import tempfile
 
-    # shutil chose its descriptor-based rmtree at import: these
-    # descriptors are not the kernel's, so the path-based one is used.
-    shutil._use_fd_functions = False
-    if hasattr(shutil, "_rmtree_unsafe"):
-        shutil._rmtree_impl = shutil._rmtree_unsafe
+    # shutil chose its descriptor-based rmtree at import: for /tmp, whose
+    # descriptors are not the kernel's, the path-based one is used.
+    safe = getattr(shutil, "_rmtree_impl", None)
+    unsafe = getattr(shutil, "_rmtree_unsafe", None)
+    if safe is not None and unsafe is not None:
+        def rmtree_impl(path, dir_fd, onexc):
+            chosen = unsafe if dir_fd is None and _ours(path) is not None else safe
+            return chosen(path, dir_fd, onexc)
+
+        shutil._rmtree_impl = rmtree_impl
+    # Functions that bound the real ones when their module was imported
+    # (before this): NamedTemporaryFile's cleanup, and modules' own opens.
+    closer = getattr(tempfile, "_TemporaryFileCloser", None)
+    cleanup = getattr(closer, "cleanup", None)
+    if cleanup is not None and cleanup.__defaults__:
+        cleanup.__defaults__ = tuple(
+            os.unlink if d is _real["unlink"] else d for d in cleanup.__defaults__
+        )
+    for module, attribute in (("tokenize", "_builtin_open"), ("tarfile", "bltn_open"),
+                              ("bz2", "_builtin_open")):
+        found = sys.modules.get(module)
+        if found is not None and getattr(found, attribute, None) is _real["io.open"]:
+            setattr(found, attribute, _io_open)
     tempfile.tempdir = ROOT
     os.environ.setdefault("TMPDIR", ROOT)

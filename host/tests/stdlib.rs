@@ -99,6 +99,24 @@ async fn tmp_is_writable_in_memory_and_empty_in_every_request() {
         json(ok(&get(&h, "/tmpdir").await))["fresh"],
         serde_json::json!([])
     );
+
+    let body = json(ok(&get(&h, "/tmpclean").await));
+    assert_eq!(body["left"], serde_json::json!(["d"]), "{body}");
+    assert_eq!(body["size"], 3);
+    assert_eq!(body["rolled"], true);
+    assert_eq!(body["spooled_size"], 100);
+    assert_eq!(
+        body["walked"],
+        serde_json::json!([["/tmp", []], ["/tmp/d", ["a", "b"]]])
+    );
+    assert_eq!(body["open_dir"]["error"], "IsADirectoryError", "{body}");
+    assert_eq!(
+        body["trailing_slash"]["error"], "NotADirectoryError",
+        "{body}"
+    );
+    // Outside /tmp, the real functions answer (a read-only filesystem).
+    assert_eq!(body["touch_outside"]["ok"], false, "{body}");
+    assert_ne!(body["touch_outside"]["error"], "TypeError", "{body}");
 }
 
 #[tokio::test]
