@@ -377,18 +377,16 @@ fn walk_tree(
 /// [`read_tree`] of the directory at `root`, which is opened without
 /// following a link in its last component.
 pub(crate) fn snapshot_tree(root: &Path, tree: &Tree) -> Result<Snapshot, LoadError> {
-    let (fd, stat) = untrusted::open_named(root).map_err(load_error)?;
-    if untrusted::file_type(&stat) != rustix::fs::FileType::Directory {
-        return Err(LoadError::Io {
-            path: root.to_path_buf(),
-            source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
-        });
-    }
-    read_tree(fd.as_fd(), root, tree)
+    read_tree(open_tree(root)?.as_fd(), root, tree)
 }
 
 /// [`snapshot_tree`], stamps only.
 pub(crate) fn stamp_tree(root: &Path, tree: &Tree) -> Result<Snapshot, LoadError> {
+    stamp_tree_at(open_tree(root)?.as_fd(), root, tree)
+}
+
+/// The directory `root` (its last component not followed).
+fn open_tree(root: &Path) -> Result<std::os::fd::OwnedFd, LoadError> {
     let (fd, stat) = untrusted::open_named(root).map_err(load_error)?;
     if untrusted::file_type(&stat) != rustix::fs::FileType::Directory {
         return Err(LoadError::Io {
@@ -396,7 +394,7 @@ pub(crate) fn stamp_tree(root: &Path, tree: &Tree) -> Result<Snapshot, LoadError
             source: std::io::Error::from(std::io::ErrorKind::NotADirectory),
         });
     }
-    stamp_tree_at(fd.as_fd(), root, tree)
+    Ok(fd)
 }
 
 impl Snapshot {

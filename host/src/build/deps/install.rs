@@ -130,16 +130,26 @@ impl Pip {
         Ok(Pip { wheel, driver })
     }
 
-    /// `python3 -I installer.py pip WHEEL SHA MARKERS <args>`.
-    fn pip(&self, cwd: &Path) -> Command {
-        let mut command = Command::new(PYTHON);
-        command
+    /// `python3 -I installer.py COMMAND WHEEL SHA MARKERS`; our own
+    /// interpreter settings must not leak into it.
+    fn driver(&self, command: &str) -> Command {
+        let mut driver = Command::new(PYTHON);
+        driver
             .arg("-I")
             .arg(&self.driver)
-            .arg("pip")
+            .arg(command)
             .arg(&self.wheel)
             .arg(PIP_SHA256)
             .arg(GUEST_MARKERS)
+            .env_remove("PYTHONPATH")
+            .stdin(Stdio::null());
+        driver
+    }
+
+    /// `python3 -I installer.py pip WHEEL SHA MARKERS install ...`.
+    fn pip(&self, cwd: &Path) -> Command {
+        let mut command = self.driver("pip");
+        command
             .args(["install", "--disable-pip-version-check", "--no-input"])
             .args(["--no-warn-conflicts", "--no-warn-script-location"])
             .arg("--root-user-action=ignore")
@@ -149,10 +159,7 @@ impl Pip {
             .arg("--no-cache-dir")
             // Nothing relative resolves against the user's directory.
             .current_dir(cwd)
-            // Our own interpreter settings must not leak into the installer.
-            .env_remove("PYTHONPATH")
-            .env("PYTHONNOUSERSITE", "1")
-            .stdin(Stdio::null());
+            .env("PYTHONNOUSERSITE", "1");
         command
     }
 
@@ -208,20 +215,12 @@ impl Pip {
         deadline: Instant,
         limits: &BuildLimits,
     ) -> Result<Option<Sdist>, String> {
-        let mut command = Command::new(PYTHON);
+        let mut command = self.driver("fetch-sdist");
         command
-            .arg("-I")
-            .arg(&self.driver)
-            .arg("fetch-sdist")
-            .arg(&self.wheel)
-            .arg(PIP_SHA256)
-            .arg(GUEST_MARKERS)
             .arg(requirement)
             .arg(dest)
             .arg(MAX_SDIST_BYTES.to_string())
-            .current_dir(dest)
-            .env_remove("PYTHONPATH")
-            .stdin(Stdio::null());
+            .current_dir(dest);
         let output = run(command, dest, deadline, limits).map_err(|f| tail(&f.output, 12))?;
         let line = output
             .lines()
