@@ -691,5 +691,5 @@ def install():
         found = sys.modules.get(module)
         if found is not None and getattr(found, attribute, None) is _real["io.open"]:
             setattr(found, attribute, _io_open)
+    # tempfile is pointed at /tmp directly: the environment stays empty.
     tempfile.tempdir = ROOT
-    os.environ.setdefault("TMPDIR", ROOT)

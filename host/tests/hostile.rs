@@ -100,6 +100,9 @@ async fn path_tricks_fail() {
 #[tokio::test]
 async fn writes_anywhere_fail_and_leave_the_host_untouched() {
     all_refused("/fs/write").await;
+    // /tmp takes the write, in the instance's memory, not on the host.
+    let tmp = get(&hostile(), "/fs/tmp").await;
+    assert_eq!(common::json(ok(&tmp))["read_back"], "pwned");
     let app = hostile().app_dir().to_path_buf();
     assert!(
         !app.join("planted.txt").exists()
@@ -315,7 +318,7 @@ async fn nothing_survives_into_the_next_request() {
     let check = get(&h, "/state/check").await;
     assert_eq!(
         common::json(ok(&check)),
-        json!({"global": null, "builtins": null, "environ": null, "module_attr": null, "sys_modules": false, "file": false})
+        json!({"global": null, "builtins": null, "environ": null, "module_attr": null, "sys_modules": false, "file": false, "tmp": false})
     );
 }
 
