@@ -10,12 +10,30 @@ starts with it set.
 
 AVAILABLE = False
 
+# What this component was built without, by the names `require` is called
+# with: an exported component (`pycage export --target wasi-http`) imports
+# only the interfaces its tenant is granted, so that hosts without them
+# (`wasmtime serve` without `-Skeyvalue`) can still run it.
+ABSENT = frozenset()
+
+# The bindings each capability needs, by those names.
+_BINDINGS = {
+    "a key-value store": ("kv_store", "kv_atomics"),
+    "a configuration variable": ("config_store",),
+    "outbound HTTP": ("http_types", "outgoing_handler"),
+}
+
 
 class CapabilityError(RuntimeError):
     """A capability was used where it cannot be."""
 
 
 def require(what):
+    if what in ABSENT:
+        raise CapabilityError(
+            f"{what} is not part of this component: it was exported without that interface "
+            "because the tenant is granted none (see `pycage export --help`)"
+        )
     if not AVAILABLE:
         raise CapabilityError(
             f"{what} is not available while the handler is being imported at build time "
@@ -29,20 +47,20 @@ def enable():
     by the glue at build time, after the handler's import, so that the
     bindings' modules are part of the snapshot (a request's instance has no
     files to import them from) and `AVAILABLE` is set in it."""
-    global AVAILABLE
+    global AVAILABLE, ABSENT
+    import importlib
+
     import componentize_py_types  # noqa: F401
-    from wit_world.imports import (  # noqa: F401
-        config_store,
-        http_types,
-        io_error,
-        io_poll,
-        io_streams,
-        kv_atomics,
-        kv_store,
-        monotonic_clock,
-        outgoing_handler,
-    )
+    from wit_world.imports import io_error, io_poll, io_streams, monotonic_clock  # noqa: F401
 
     from pycage import _fetch, config, kv  # noqa: F401
 
+    absent = set()
+    for what, modules in _BINDINGS.items():
+        for module in modules:
+            try:
+                importlib.import_module(f"wit_world.imports.{module}")
+            except ImportError:
+                absent.add(what)
+    ABSENT = frozenset(absent)
     AVAILABLE = True

@@ -27,6 +27,14 @@ if TYPE_CHECKING:
 
 __all__ = ["open", "Store", "KeyValueError"]
 
+# Whether the store interface is wasi:keyvalue@0.2.0-draft (an export for
+# `wasmtime serve`): numeric list cursors, unsigned increments, no
+# compare-and-swap. Set by the export's build configuration.
+try:
+    from pycage_build_config import KV_DRAFT as _NUMERIC_CURSORS
+except ImportError:  # pycage's own images, pycage.testing on the host
+    _NUMERIC_CURSORS = False
+
 
 class KeyValueError(Exception):
     """A key-value operation failed; the message says why."""
@@ -118,6 +126,16 @@ class Store:
     def list_keys(self, cursor: "str | None" = None) -> "tuple[list[str], str | None]":
         """One page of keys: `(keys, next_cursor)`; `next_cursor` is None
         after the last page."""
+        if _NUMERIC_CURSORS:
+            # wasi:keyvalue@0.2.0-draft (`wasmtime serve`) pages with a
+            # number: pycage's API keeps cursors opaque strings.
+            if cursor is not None:
+                try:
+                    cursor = int(cursor)
+                except ValueError:
+                    raise KeyValueError(f"store {self.name!r}: not a cursor: {cursor!r}") from None
+            page = self._call(lambda b, c: b.list_keys(c), cursor)
+            return list(page.keys), None if page.cursor is None else str(page.cursor)
         page = self._call(lambda b, c: b.list_keys(c), cursor)
         return list(page.keys), page.cursor
 
@@ -137,6 +155,11 @@ class Store:
 
         if isinstance(delta, bool) or not isinstance(delta, int):
             raise TypeError("delta is an int")
+        if _NUMERIC_CURSORS and delta < 0:
+            raise KeyValueError(
+                f"store {self.name!r}: this host's wasi:keyvalue (0.2.0-draft) only adds; "
+                "a negative delta needs compare_and_swap or another host"
+            )
         return self._call(lambda b, k, d: kv_atomics.increment(b, k, d), _key(key), delta)
 
     def compare_and_swap(self, key: str, expected: "Value | None", new: "Value") -> bool:
@@ -145,6 +168,10 @@ class Store:
         from componentize_py_types import Err
         from wit_world.imports import kv_atomics
 
+        if _NUMERIC_CURSORS:
+            raise KeyValueError(
+                f"store {self.name!r}: this host's wasi:keyvalue (0.2.0-draft) has no compare-and-swap"
+            )
         expected = None if expected is None else _bytes(expected, "expected value")
         new = _bytes(new)
         bucket = self._open()

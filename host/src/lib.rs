@@ -46,6 +46,8 @@ pub mod config;
 #[cfg(feature = "runtime")]
 mod contract;
 pub mod error;
+#[cfg(feature = "runtime")]
+pub mod export;
 pub mod grants;
 mod guest_text;
 #[cfg(feature = "runtime")]

@@ -5,13 +5,9 @@ interpreter has specialised, instead of every request's fresh instance
 doing it again.
 """
 
-from componentize_py_types import Err
-from wit_world.exports import handler as wit
-
 from pycage import _apps
+from pycage._convert import wire
 from pycage._http import Headers, HTTPError, Request
-
-from . import exports
 
 # Enough runs for CPython's adaptive interpreter to specialise the request
 # path's bytecode, so that the snapshot holds it specialised (specialising
@@ -24,6 +20,11 @@ _WARM_METHOD = "pycage-warm-up"
 
 
 def _once(handler):
+    from componentize_py_types import Err
+    from wit_world.exports import handler as wit
+
+    from . import exports
+
     request = wit.Request(
         method=_WARM_METHOD,
         path="/",
@@ -46,8 +47,17 @@ def _once(handler):
 
 
 def warm(routes):
+    """Warm pycage's own export (`pycage_guest`)."""
+    from . import exports
+
     for _ in range(RUNS):
         _once(exports.Handler())
+    warm_async_if_used(routes)
+
+
+def warm_async_if_used(routes):
+    """Put asyncio and pycage's event loop in the snapshot, warmed, if the
+    handler awaits anything (shared with the wasi:http export's glue)."""
     if _uses_async(routes):
         _warm_async()
 
@@ -78,4 +88,4 @@ def _warm_async():
         return {"ok": True}
 
     for _ in range(RUNS):
-        exports.response("GET", _aio.run(sample()))
+        wire("GET", _aio.run(sample()))

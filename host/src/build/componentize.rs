@@ -4,9 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The world in `wit/handler.wit` that images implement.
-const WORLD: &str = "sandbox";
-
 /// The Python module each imported interface is bound as, under
 /// `wit_world.imports` (what `guest-python/pycage` imports). Named here
 /// because componentize-py's own names depend on which other interfaces
@@ -16,6 +13,11 @@ const IMPORT_MODULES: &[(&str, &str)] = &[
     ("wasi:keyvalue/store@0.2.0-draft2", "kv_store"),
     ("wasi:keyvalue/atomics@0.2.0-draft2", "kv_atomics"),
     ("wasi:config/store@0.2.0-draft-2024-09-27", "config_store"),
+    // The versions `wasmtime serve` links, for `pycage export --target
+    // wasi-http`: the same functions under the same modules.
+    ("wasi:keyvalue/store@0.2.0-draft", "kv_store"),
+    ("wasi:keyvalue/atomics@0.2.0-draft", "kv_atomics"),
+    ("wasi:config/store@0.2.0-rc.1", "config_store"),
     ("wasi:http/types@0.2.0", "http_types"),
     ("wasi:http/outgoing-handler@0.2.0", "outgoing_handler"),
     ("wasi:io/streams@0.2.0", "io_streams"),
@@ -24,11 +26,13 @@ const IMPORT_MODULES: &[(&str, &str)] = &[
     ("wasi:clocks/monotonic-clock@0.2.0", "monotonic_clock"),
 ];
 
-/// Run componentize-py on the calling thread (its future is `!Send`, so it
+/// Run componentize-py for `world` (of the package in `wit_dir`) on the
+/// calling thread (its future is `!Send`, so it
 /// gets a current-thread runtime of its own). The error text may hold what
 /// the guest printed.
 pub(crate) fn run(
     wit_dir: &Path,
+    world: &str,
     python_path: &[PathBuf],
     app_name: &str,
     output: &Path,
@@ -48,7 +52,7 @@ pub(crate) fn run(
             rt.block_on(
                 componentize_py::ComponentGenerator {
                     wit_paths: &[wit_dir],
-                    worlds: &[WORLD],
+                    worlds: &[world],
                     features: &[],
                     all_features: false,
                     world_module: None,

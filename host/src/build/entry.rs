@@ -158,7 +158,7 @@ pub(crate) fn mount_dir(mounts: &Path, layer: Option<usize>) -> PathBuf {
 }
 
 /// Write `snapshot`'s files below `dir`, private.
-fn write_tree(snapshot: &Snapshot, dir: &Path) -> std::io::Result<()> {
+pub(crate) fn write_tree(snapshot: &Snapshot, dir: &Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
@@ -170,7 +170,7 @@ fn write_tree(snapshot: &Snapshot, dir: &Path) -> std::io::Result<()> {
 /// it (`<dir>/__pycache__/<stem>.<tag>.pyc` in `mount`) to the same place
 /// below `dir`. Missing bytecode is fine (the module then compiles when
 /// imported); what is read is bounded by `budget`.
-fn copy_bytecode(
+pub(crate) fn copy_bytecode(
     snapshot: &Snapshot,
     mount: &Path,
     dir: &Path,

@@ -27,6 +27,8 @@ use crate::contract::wit;
 use crate::host_fs::untrusted;
 use crate::instance::memory::MemoryImage;
 
+/// The component componentize-py made, in the job's output directory.
+pub(crate) const COMPONENT: &str = "component.wasm";
 /// The compiled component, in the job's output directory.
 pub(crate) const ARTIFACT: &str = "sandbox.cwasm";
 /// The memory image moved out of the component (see `crate::instance::memory`).
@@ -40,6 +42,9 @@ pub(crate) const MAX_OUTCOME_BYTES: u64 = 1 << 20;
 pub(crate) enum JobKind {
     /// Import a handler and compile the snapshot.
     Handler,
+    /// Import a handler for `pycage export`: the component componentize-py
+    /// made is the product, left as it is (portable, not compiled).
+    Export,
     /// Run one of pycage's build-time helpers (the standard-library
     /// exporter, the source-distribution builder): what it writes is the
     /// product, the component is discarded.
@@ -53,6 +58,8 @@ pub(crate) struct Job {
     /// The build cache: its key seals compiled functions (`code/`).
     pub cache_root: PathBuf,
     pub wit_dir: PathBuf,
+    /// The world of `wit_dir`'s package the component implements.
+    pub world: String,
     /// Mounted at /0, /1, ... during pre-initialisation; the guest may
     /// write into all of them.
     pub python_path: Vec<PathBuf>,
@@ -95,9 +102,10 @@ pub(crate) struct BuiltFacts {
 
 /// Run `job` in this process.
 pub(crate) fn run(job: &Job) -> Outcome {
-    let component_wasm = job.out_dir.join("component.wasm");
+    let component_wasm = job.out_dir.join(COMPONENT);
     let generated = componentize::run(
         &job.wit_dir,
+        &job.world,
         &job.python_path,
         &job.app_module,
         &component_wasm,
@@ -116,6 +124,11 @@ pub(crate) fn run(job: &Job) -> Outcome {
             Outcome::Failed(format!("reading the guest's build report: {error}"))
         }
         (Ok(None), Ok(())) => Outcome::Failed("the guest wrote no build report".into()),
+        (Ok(Some(report)), Ok(())) if job.kind == JobKind::Export => Outcome::Built(BuiltFacts {
+            output: report.output,
+            output_truncated: report.output_truncated,
+            ..BuiltFacts::default()
+        }),
         (Ok(Some(report)), Ok(())) => match compile(job, &component_wasm) {
             Ok(mut facts) => {
                 facts.output = report.output;

@@ -14,6 +14,7 @@ pub(crate) mod cache;
 mod componentize;
 pub(crate) mod deps;
 mod entry;
+pub(crate) mod export;
 mod flatten;
 mod immortal;
 pub(crate) mod job;
@@ -137,6 +138,7 @@ pub(crate) fn ensure_built(
         kind: JobKind::Handler,
         cache_root: cache.root().to_path_buf(),
         wit_dir: scratch.path().join("wit"),
+        world: crate::contract::wit::WORLD.into(),
         python_path: inputs.python_path.clone(),
         app_module: contract::GLUE_MODULE.into(),
         report_dir: inputs.python_path[0].clone(),

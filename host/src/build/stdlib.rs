@@ -46,6 +46,7 @@ pub(crate) fn ensure(
         kind: JobKind::Helper,
         cache_root: cache.root().to_path_buf(),
         wit_dir: wit_dir.clone(),
+        world: crate::contract::wit::WORLD.into(),
         python_path: vec![out.clone(), exporter.clone()],
         app_module: framework::STDLIB_EXPORTER_MODULE.into(),
         report_dir: out.clone(),

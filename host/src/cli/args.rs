@@ -61,6 +61,68 @@ pub enum Command {
         for up to the shutdown timeout."
     )]
     Serve(ServeArgs),
+    /// Export a handler as a standard wasi:http component, with its files and a spin.toml or
+    /// `wasmtime serve` command line, to run on Spin, SpinKube, wasmCloud or `wasmtime serve`
+    #[command(
+        after_help = "The export is built from the same handler, framework and grants as \
+        `pycage serve`, and answers the same way. DIR must be new, empty, or an earlier export \
+        (replaced whole once the new one is complete). DIR/README.md says how to run it and \
+        what the target host does not enforce of the tenant's grants and limits."
+    )]
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetArg {
+    /// `wasmtime serve` 46 (and other wasi:http/proxy hosts with the CLI interfaces): imports
+    /// only what the tenant is granted; writes serve.sh with the exact command line
+    WasiHttp,
+    /// Spin 3.x and SpinKube: imports the interface versions Spin links; writes spin.toml
+    Spin,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Handler to export (omit when using --config with --tenant)
+    #[arg(
+        value_name = "HANDLER",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub handler: Option<PathBuf>,
+
+    /// Entry module of a directory handler [default: the first of app, handler, main];
+    /// MODULE:APP (or :APP) exports the module's attribute APP as a WSGI or ASGI app
+    #[arg(
+        long,
+        visible_alias = "app",
+        value_name = "MODULE[:APP]",
+        requires = "handler"
+    )]
+    pub module: Option<String>,
+
+    /// Virtualenv whose packages the handler may import
+    #[arg(long, value_name = "DIR", requires = "handler")]
+    pub venv: Option<PathBuf>,
+
+    /// Export a tenant of this configuration file (with --tenant NAME, unless it has only one);
+    /// its handler, module, venv, limits and grants are used
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Which host the export is for
+    #[arg(long, value_enum, value_name = "TARGET")]
+    pub target: TargetArg,
+
+    /// Directory to write the export into
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: PathBuf,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub grants: GrantArgs,
 }
 
 #[derive(Debug, Args)]

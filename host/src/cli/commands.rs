@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use pycage::config::{ServeConfig, TenantConfig};
+use pycage::export::{ExportError, ExportTarget};
 use pycage::server::{self, Server};
 use pycage::{
     BuildLimits, Cache, DispatchError, Handler, Limits, LoadError, LoadOptions, Request, Runtime,
@@ -14,7 +15,9 @@ use pycage::{
 };
 use tracing::info;
 
-use super::args::{Cli, Command, GrantArgs, HandlerArgs, LimitArgs, RunArgs, ServeArgs};
+use super::args::{
+    Cli, Command, ExportArgs, GrantArgs, HandlerArgs, LimitArgs, RunArgs, ServeArgs, TargetArg,
+};
 use super::display::{self, Reporter};
 use super::grants::FlagGrants;
 
@@ -88,6 +91,7 @@ pub fn execute(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Routes(args) => routes(&common, &reporter, args),
         Command::Build(args) => build(&common, &reporter, args),
         Command::Serve(args) => serve(&common, &reporter, args),
+        Command::Export(args) => export(&common, &reporter, args),
     }
 }
 
@@ -446,4 +450,107 @@ mod tests {
             "pycage::guest=debug"
         );
     }
+}
+
+/// The tenant an export is for: one of the file's (`--tenant` picks it), or
+/// one made from the handler and the flags, as `serve HANDLER` would.
+fn export_tenant(args: &ExportArgs) -> Result<(TenantConfig, Option<ServeConfig>), Failure> {
+    match (&args.config, &args.handler) {
+        (Some(path), _) => {
+            // `--tenant` picks the file's tenant here; every other grant
+            // flag would contradict the file.
+            let flags = GrantArgs {
+                tenant: None,
+                data_dir: None,
+                kv: args.grants.kv.clone(),
+                allow_outbound: args.grants.allow_outbound.clone(),
+                resolve: args.grants.resolve.clone(),
+                vars: args.grants.vars.clone(),
+                secrets: args.grants.secrets.clone(),
+            };
+            if FlagGrants::grants_anything(&flags) {
+                return Err(Failure::Usage(
+                    "with --config, capabilities come from the tenant in the file, not from flags"
+                        .into(),
+                ));
+            }
+            let config = ServeConfig::load(path).map_err(|e| Failure::Usage(e.to_string()))?;
+            let names: Vec<&str> = config.tenants.iter().map(|t| t.name.as_str()).collect();
+            let tenant = match (&args.grants.tenant, config.tenants.as_slice()) {
+                (Some(name), tenants) => {
+                    tenants.iter().find(|t| &t.name == name).ok_or_else(|| {
+                        Failure::Usage(format!(
+                            "{}: no tenant `{name}` (it has: {})",
+                            path.display(),
+                            names.join(", ")
+                        ))
+                    })?
+                }
+                (None, [only]) => only,
+                (None, _) => {
+                    return Err(Failure::Usage(format!(
+                        "{}: name the tenant to export with --tenant (one of: {})",
+                        path.display(),
+                        names.join(", ")
+                    )));
+                }
+            };
+            let tenant = tenant.clone();
+            Ok((tenant, Some(config)))
+        }
+        (None, Some(handler)) => {
+            let grants = FlagGrants::parse(&args.grants).map_err(Failure::Usage)?;
+            Ok((
+                TenantConfig {
+                    module: args.module.clone(),
+                    limits: limits(&args.limits),
+                    venv: args.venv.clone(),
+                    key_value_stores: grants.granted,
+                    allowed_outbound_hosts: grants.allowed_outbound_hosts,
+                    variables: grants.variables,
+                    ..TenantConfig::new(grants.tenant.as_deref().unwrap_or("default"), handler)
+                },
+                None,
+            ))
+        }
+        (None, None) => Err(Failure::Usage("give a HANDLER or --config FILE".into())),
+    }
+}
+
+fn export(common: &Common, reporter: &Reporter, args: ExportArgs) -> Result<ExitCode, Failure> {
+    let (tenant, config) = export_tenant(&args)?;
+    let target = match args.target {
+        TargetArg::WasiHttp => ExportTarget::WasiHttp,
+        TargetArg::Spin => ExportTarget::Spin,
+    };
+    let cache_dir = config.as_ref().and_then(|c| c.cache_dir.clone());
+    let mut runtime_config = RuntimeConfig::new(common.cache(cache_dir)?);
+    let base = config
+        .as_ref()
+        .map_or(BuildLimits::default(), |c| c.build_limits);
+    runtime_config.build_limits = common.build_limits(base);
+    runtime_config.max_instances = CLI_INSTANCES;
+    runtime_config.max_memory_bytes = tenant.limits.memory_bytes;
+    let runtime = Runtime::with_config(runtime_config).map_err(Failure::Runtime)?;
+    let export = runtime
+        .export(&tenant, target, &args.output, &|event| {
+            reporter.event(event)
+        })
+        .map_err(|error| match error {
+            ExportError::Load(error) => Failure::Load(error),
+            ExportError::OutputInUse { .. } => Failure::Usage(error.to_string()),
+            other => Failure::Runtime(other.into()),
+        })?;
+    println!(
+        "exported `{}` for {} to {}",
+        tenant.name,
+        target.name(),
+        export.dir.display()
+    );
+    println!("  run it there with: {}", export.command);
+    for caveat in &export.caveats {
+        println!("  note: {caveat}");
+    }
+    println!("  see {}", export.dir.join("README.md").display());
+    Ok(ExitCode::SUCCESS)
 }

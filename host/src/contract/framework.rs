@@ -83,8 +83,16 @@ pub(crate) const FRAMEWORK_FILES: &[(&str, &str)] = &[
         include_str!("../../../guest-python/pycage/_glue/warm.py"),
     ),
     (
+        "pycage/_glue/wasi_http.py",
+        include_str!("../../../guest-python/pycage/_glue/wasi_http.py"),
+    ),
+    (
         "pycage_guest.py",
         include_str!("../../../guest-python/pycage_guest.py"),
+    ),
+    (
+        "pycage_http_guest.py",
+        include_str!("../../../guest-python/pycage_http_guest.py"),
     ),
 ];
 

@@ -25,6 +25,9 @@ pub(crate) const PYC_TAG: &str = "cpython-314";
 
 /// The module componentize-py imports at build time: it implements the WIT exports.
 pub(crate) const GLUE_MODULE: &str = "pycage_guest";
+/// The module componentize-py imports for `pycage export`: it implements
+/// `wasi:http/incoming-handler@0.2.0` instead.
+pub(crate) const HTTP_GLUE_MODULE: &str = "pycage_http_guest";
 
 /// The guest's mounts. componentize-py names the mounts of its python path
 /// after their position (`/0`, `/1`, ...), and module `__file__`s and
@@ -70,6 +73,7 @@ pub(crate) const SNAPSHOT_OBJECTS: &str = "snapshot-objects.bin";
 pub(crate) const RESERVED_MODULES: &[&str] = &[
     "pycage",
     "pycage_guest",
+    "pycage_http_guest",
     "pycage_build_config",
     "wit_world",
     "componentize_py_types",

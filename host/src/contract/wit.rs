@@ -224,9 +224,56 @@ pub(crate) const WIT_FILES: &[(&str, &str)] = &[
     ),
     ("handler.wit", include_str!("../../../wit/handler.wit")),
 ];
+/// The world of `wit/handler.wit` that images implement.
+pub(crate) const WORLD: &str = "sandbox";
+
+/// The world `pycage export` builds, in a file of its own
+/// ([`write_export_to`]): what it imports depends on the target and the
+/// tenant's grants.
+pub(crate) const EXPORT_WORLD: &str = "http-export";
+/// What an exported component exports.
+pub const EXPORT_INTERFACE: &str = "wasi:http/incoming-handler@0.2.0";
+
 /// The interface a handler component must export, at exactly this version.
 pub const WIT_INTERFACE: &str = "pycage:handler/handler";
 pub const WIT_VERSION: &str = "0.2.0";
+/// The package of `wit/handler.wit`.
+const WIT_INTERFACE_PACKAGE: &str = "pycage:handler@0.2.0";
+
+/// The versions of `wasi:keyvalue` and `wasi:config` that `wasmtime serve`
+/// links, for exports to it (vendored in `wit/wasmtime/`, out of `wit/deps`
+/// so that the host's bindings see one version of each); written under
+/// `deps/` with the rest.
+pub(crate) const EXPORT_WIT_FILES: &[(&str, &str)] = &[
+    (
+        "deps/keyvalue-0.2.0-draft/atomic.wit",
+        include_str!("../../../wit/wasmtime/keyvalue-0.2.0-draft/atomic.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft/batch.wit",
+        include_str!("../../../wit/wasmtime/keyvalue-0.2.0-draft/batch.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft/store.wit",
+        include_str!("../../../wit/wasmtime/keyvalue-0.2.0-draft/store.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft/watch.wit",
+        include_str!("../../../wit/wasmtime/keyvalue-0.2.0-draft/watch.wit"),
+    ),
+    (
+        "deps/keyvalue-0.2.0-draft/world.wit",
+        include_str!("../../../wit/wasmtime/keyvalue-0.2.0-draft/world.wit"),
+    ),
+    (
+        "deps/config-0.2.0-rc.1/store.wit",
+        include_str!("../../../wit/wasmtime/config-0.2.0-rc.1/store.wit"),
+    ),
+    (
+        "deps/config-0.2.0-rc.1/world.wit",
+        include_str!("../../../wit/wasmtime/config-0.2.0-rc.1/world.wit"),
+    ),
+];
 
 /// Every WIT file as a handler image is built with: `WIT_FILES`, with
 /// `wasi:http` cut to what the guest uses (see `guest_http`).
@@ -246,6 +293,26 @@ pub(crate) fn write_to(dir: &std::path::Path) -> std::io::Result<()> {
         std::fs::write(path, text)?;
     }
     Ok(())
+}
+
+/// Write the WIT of an exported component below `dir`: every vendored file
+/// as upstream has it (the incoming side of `wasi:http` included), and the
+/// `http-export` world importing `imports` and exporting
+/// [`EXPORT_INTERFACE`].
+pub(crate) fn write_export_to(dir: &std::path::Path, imports: &[&str]) -> std::io::Result<()> {
+    for (relative, text) in WIT_FILES.iter().chain(EXPORT_WIT_FILES) {
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, text)?;
+    }
+    let mut world = format!("package {WIT_INTERFACE_PACKAGE};\n\nworld {EXPORT_WORLD} {{\n");
+    for import in imports {
+        world.push_str(&format!("    import {import};\n"));
+    }
+    world.push_str(&format!("    export {EXPORT_INTERFACE};\n}}\n"));
+    std::fs::write(dir.join("export.wit"), world)
 }
 
 /// `Ok` if `component` exports our interface at our version; otherwise the

@@ -225,6 +225,29 @@ impl Runtime {
         self.config.max_instances.max(1) as usize - self.slots.available_permits()
     }
 
+    /// Export `tenant`'s handler as a standard `wasi:http` component for
+    /// `target` into `dir` (new, empty, or an earlier export, which is
+    /// replaced whole once the new one is complete), with its files and
+    /// the manifest or command line granting what `tenant` is granted.
+    /// Blocking: the build takes seconds. See [`crate::export`].
+    pub fn export(
+        &self,
+        tenant: &crate::config::TenantConfig,
+        target: crate::export::ExportTarget,
+        dir: &Path,
+        on_event: &dyn Fn(LoadEvent<'_>),
+    ) -> Result<crate::export::Export, crate::export::ExportError> {
+        let source = HandlerSource::resolve(&tenant.handler, tenant.module.as_deref())?;
+        let settings = BuildSettings {
+            cache: self.config.cache.clone(),
+            isolation: self.config.build_isolation.clone(),
+            limits: self.config.build_limits,
+            max_component_bytes: self.config.max_memory_bytes + (128 << 20),
+            index_stamps: false,
+        };
+        crate::export::write(&settings, tenant, &source, target, dir, on_event)
+    }
+
     /// Load the handler at `path` (a `.py` file or a directory), building
     /// and caching its sandbox image if needed. Blocking: a cache miss takes
     /// seconds. `on_event` receives progress and diagnostics.

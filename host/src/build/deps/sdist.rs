@@ -102,6 +102,7 @@ pub(super) fn build(
         kind: JobKind::Helper,
         cache_root: PathBuf::new(),
         wit_dir,
+        world: crate::contract::wit::WORLD.into(),
         python_path: vec![guest_work.clone(), runner, build_env],
         app_module: framework::SDIST_BUILDER_MODULE.into(),
         report_dir: guest_work.clone(),

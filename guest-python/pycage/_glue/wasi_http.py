@@ -1,0 +1,192 @@
+"""The `wasi:http/incoming-handler@0.2.0` export of `pycage export`: the
+second glue, adapting a standard wasi:http request to `pycage.Request` and
+the handler's answer back, so that the same handler runs on any wasi:http
+host (Spin, wasmCloud, `wasmtime serve`).
+
+It answers like `pycage serve` does for the same request: the same routing
+and conversion (`pycage._convert.serve`), the same small JSON bodies for
+404, 405 (with `Allow`), 413 and 500, the host-owned headers dropped, and
+no body for HEAD, 204, 205 and 304. What pycage's host adds on its own (a
+request id, its limits on time and memory) is the other host's business.
+
+No exception may escape `handle` (it would trap the instance): every path
+ends in a response, or, when even that fails, in an error for the host.
+"""
+
+import sys
+from urllib.parse import unquote
+
+from componentize_py_types import Err, Ok
+from wit_world import exports
+from wit_world.imports import http_types as t
+from wit_world.imports import io_streams
+
+import pycage_build_config as config
+from pycage._convert import NoRoute, serve
+from pycage._http import Headers, Request
+
+from .load import describe, format_traceback
+
+# Headers the host sets itself (host/src/http.rs, HOST_OWNED_HEADERS): a
+# handler's are dropped, as `pycage serve` drops them.
+_HOST_OWNED = frozenset((
+    "connection", "content-length", "keep-alive", "proxy-connection", "te",
+    "trailer", "transfer-encoding", "upgrade",
+))
+# Reads ask for this much at a time; `blocking-write-and-flush` takes at
+# most 4096 bytes per call.
+_READ_CHUNK = 64 * 1024
+_WRITE_CHUNK = 4096
+_REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Payload Too Large", 500: "Internal Server Error"}
+
+
+class _Refused(Exception):
+    """The request is answered before the handler runs."""
+
+    def __init__(self, status, detail=None):
+        super().__init__(status)
+        self.status = status
+        self.detail = detail
+
+
+def _json_error(status, detail=None, extra=()):
+    import json
+
+    body = {"error": _REASONS[status]}
+    if detail is not None:
+        body["detail"] = detail
+    text = json.dumps(body, separators=(",", ":")).encode()
+    return status, [("content-type", b"application/json"), *extra], text
+
+
+def _method(wit_method):
+    if isinstance(wit_method, t.Method_Other):
+        return wit_method.value
+    return type(wit_method).__name__.removeprefix("Method_").upper()
+
+
+def _path(raw):
+    """The percent-decoded path with dot segments removed, as the pycage
+    host routes it (host/src/routing.rs, `normalize_path`)."""
+    if not raw.startswith("/"):
+        raise _Refused(400, "the request target is not an absolute path")
+    try:
+        decoded = unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise _Refused(400, "the path is not valid UTF-8") from None
+    parts = decoded[1:].split("/")
+    segments = []
+    for index, part in enumerate(parts):
+        if part in (".", ".."):
+            if part == ".." and segments:
+                segments.pop()
+            if index == len(parts) - 1:
+                segments.append("")
+        else:
+            segments.append(part)
+    return "/" + "/".join(segments)
+
+
+def _read_body(incoming, limit):
+    body = incoming.consume()
+    chunks = []
+    size = 0
+    with body.stream() as stream:
+        while True:
+            try:
+                chunk = stream.blocking_read(_READ_CHUNK)
+            except Err as err:
+                if isinstance(err.value, io_streams.StreamError_Closed):
+                    break
+                raise _Refused(400, "could not read the request body") from None
+            size += len(chunk)
+            if size > limit:
+                raise _Refused(413, f"request body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    t.IncomingBody.finish(body)
+    return b"".join(chunks)
+
+
+def _request(incoming):
+    method = _method(incoming.method())
+    target = incoming.path_with_query() or "/"
+    raw_path, _, query = target.partition("?")
+    path = _path(raw_path)
+    with incoming.headers() as fields:
+        pairs = [(name, value.decode("latin-1")) for name, value in fields.entries()]
+    # wasi:http hosts strip `Host` (a forbidden header) and pass the
+    # authority instead: put it back where handlers look for it.
+    authority = incoming.authority()
+    if authority and not any(name.lower() == "host" for name, _ in pairs):
+        pairs.insert(0, ("host", authority))
+    body = _read_body(incoming, config.MAX_REQUEST_BODY)
+    return Request(method, path, query, Headers(pairs), body)
+
+
+def _answer(incoming):
+    """(status, headers, body) for the request; never raises."""
+    try:
+        request = _request(incoming)
+        try:
+            status, headers, body = serve(request)
+        except NoRoute as miss:
+            if miss.allowed is None:
+                return _json_error(404)
+            return _json_error(405, extra=[("allow", ", ".join(miss.allowed).encode())])
+    except _Refused as refused:
+        return _json_error(refused.status, refused.detail)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt included
+        try:
+            # The traceback goes to the host's log (stderr), never to the client.
+            print(f"pycage: the handler raised {describe(exc)}\n{format_traceback(exc)}",
+                  file=sys.stderr)
+        except BaseException:
+            pass
+        return _json_error(500)
+    if status in (204, 205, 304):
+        body = b""
+    return status, headers, body
+
+
+def _send(response_out, method, status, headers, body):
+    fields = t.Fields()
+    for name, value in headers:
+        if name.lower() in _HOST_OWNED:
+            continue
+        try:
+            fields.append(name, value)
+        except Err:
+            pass  # a header the host forbids or finds invalid: dropped
+    # As `pycage serve` (hyper) does: a length for every body but a HEAD
+    # response's and one a status forbids.
+    if method != "HEAD" and status not in (204, 205, 304):
+        fields.append("content-length", str(len(body)).encode())
+    response = t.OutgoingResponse(fields)
+    response.set_status_code(status)
+    outgoing = response.body()
+    t.ResponseOutparam.set(response_out, Ok(response))
+    with outgoing.write() as stream:
+        view = memoryview(body)
+        for start in range(0, len(view), _WRITE_CHUNK):
+            stream.blocking_write_and_flush(bytes(view[start:start + _WRITE_CHUNK]))
+    t.OutgoingBody.finish(outgoing, None)
+
+
+class IncomingHandler(exports.IncomingHandler):
+    def handle(self, request, response_out):
+        with request:
+            try:
+                method = _method(request.method())
+            except BaseException:
+                method = "GET"
+            status, headers, body = _answer(request)
+        try:
+            _send(response_out, method, status, headers, body)
+        except BaseException as exc:
+            # The client went away, or the host refused the response:
+            # nothing more can be said to anyone but the log.
+            try:
+                print(f"pycage: sending the response failed: {describe(exc)}", file=sys.stderr)
+            except BaseException:
+                pass

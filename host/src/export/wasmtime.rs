@@ -1,0 +1,178 @@
+//! The `wasi-http` target: the interface versions `wasmtime serve` 46
+//! links (imported only where the tenant is granted them), and the exact
+//! `wasmtime serve` command line that runs the export.
+
+use super::{Mount, shell_quote};
+use crate::config::TenantConfig;
+use crate::grants::VariableSource;
+
+/// The versions `wasmtime serve -Skeyvalue` / `-Sconfig` link
+/// (wasmtime-wasi-keyvalue and wasmtime-wasi-config 46).
+pub const KEYVALUE_STORE: &str = "wasi:keyvalue/store@0.2.0-draft";
+pub const KEYVALUE_ATOMICS: &str = "wasi:keyvalue/atomics@0.2.0-draft";
+pub const CONFIG_STORE: &str = "wasi:config/store@0.2.0-rc.1";
+
+/// The script in the export that runs the command.
+pub const SCRIPT: &str = "serve.sh";
+
+/// The version the command line was written for.
+pub const WASMTIME_VERSION: &str = "46.0.3";
+
+/// `wasmtime serve` with the tenant's mounts, limits and grants, to be run
+/// in the export's directory. Secret values never appear in it: such a
+/// variable is read from `PYCAGE_VAR_<NAME>` in the shell that runs it.
+pub fn command(tenant: &TenantConfig, mounts: &[Mount]) -> String {
+    let mut words: Vec<String> = vec![
+        "wasmtime".into(),
+        "serve".into(),
+        // The CLI interfaces (filesystem, environment...) that
+        // componentize-py's CPython imports besides the proxy world.
+        "-Scli".into(),
+        "--addr".into(),
+        "127.0.0.1:8080".into(),
+        format!("-Wmax-memory-size={}", tenant.limits.memory_bytes),
+        format!("-Wtimeout={}ms", tenant.limits.timeout.as_millis()),
+    ];
+    for mount in mounts {
+        words.push("--dir".into());
+        words.push(shell_quote(&format!(
+            "{}::{}",
+            mount.source, mount.destination
+        )));
+    }
+    if !tenant.key_value_stores.is_empty() {
+        words.push("-Skeyvalue".into());
+    }
+    if !tenant.variables.is_empty() {
+        words.push("-Sconfig".into());
+        for variable in &tenant.variables {
+            let value = match (&variable.source, variable.secret) {
+                (VariableSource::Value(value), false) => {
+                    shell_quote(&format!("{}={value}", variable.name))
+                }
+                _ => format!(
+                    "\"{}=${{PYCAGE_VAR_{}:?set PYCAGE_VAR_{} to the value of variable {}}}\"",
+                    variable.name,
+                    variable.name.to_ascii_uppercase(),
+                    variable.name.to_ascii_uppercase(),
+                    variable.name
+                ),
+            };
+            words.push(format!("-Sconfig-var={value}"));
+        }
+    }
+    words.push(super::COMPONENT_FILE.into());
+    words.join(" ")
+}
+
+/// The export's `serve.sh`: the command, run from the export's directory,
+/// with extra arguments (`--addr 0.0.0.0:80`) placed before the component.
+pub fn script(command: &str) -> String {
+    let (head, component) = command
+        .rsplit_once(' ')
+        .unwrap_or((command, super::COMPONENT_FILE));
+    format!(
+        "#!/bin/sh\n\
+         # Written by `pycage export --target wasi-http`: serves this export with\n\
+         # wasmtime {WASMTIME_VERSION}. Extra arguments go before the component, e.g.\n\
+         #   ./serve.sh --addr 0.0.0.0:8080\n\
+         set -eu\n\
+         cd \"$(dirname \"$0\")\"\n\
+         exec {head} \"$@\" {component}\n"
+    )
+}
+
+/// What `wasmtime serve` does not enforce of what pycage enforces.
+pub fn caveats(tenant: &TenantConfig) -> Vec<String> {
+    let mut caveats = vec![
+        "`wasmtime serve` grants every `--dir` read-write: the export's files are read-only on \
+         disk so that a request cannot change them for the next one, which holds unless \
+         wasmtime runs as root."
+            .to_owned(),
+        "`-Wmax-memory-size` caps each linear memory, not the instance as a whole, and there \
+         is no request or response size limit, concurrency limit or output cap."
+            .to_owned(),
+    ];
+    if tenant.allowed_outbound_hosts.is_empty() {
+        caveats.push(
+            "`wasmtime serve` has no outbound allow-list: the component can send HTTP requests \
+             to any host the machine reaches, although this tenant is granted none."
+                .to_owned(),
+        );
+    } else {
+        caveats.push(format!(
+            "`wasmtime serve` has no outbound allow-list: the component can send HTTP requests \
+             to any host the machine reaches, not only {}.",
+            tenant
+                .allowed_outbound_hosts
+                .iter()
+                .map(|host| host.written.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if !tenant.key_value_stores.is_empty() {
+        caveats.push(
+            "`-Skeyvalue` is an in-memory store that starts empty for every request and keeps \
+             nothing: a value set in one request is gone in the next. Store names are not \
+             checked, and `increment` only adds; `compare_and_swap` is not available."
+                .to_owned(),
+        );
+    }
+    if tenant
+        .variables
+        .iter()
+        .any(|v| v.secret || !matches!(v.source, VariableSource::Value(_)))
+    {
+        caveats.push(
+            "Secret variables, and those pycage reads from the environment or a file, are read \
+             from PYCAGE_VAR_<NAME> when the command runs; their values are not in the export."
+                .to_owned(),
+        );
+    }
+    caveats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::VariableSpec;
+
+    #[test]
+    fn the_command_mounts_limits_and_grants_and_holds_no_secret() {
+        let mut tenant = TenantConfig::new("shop", "shop");
+        tenant.key_value_stores = vec!["default".into()];
+        tenant.variables = vec![
+            VariableSpec {
+                name: "greeting".into(),
+                source: VariableSource::Value("it's me".into()),
+                secret: false,
+            },
+            VariableSpec {
+                name: "token".into(),
+                source: VariableSource::Value("s3cr3t".into()),
+                secret: true,
+            },
+        ];
+        let mounts = vec![Mount {
+            source: "files/app".into(),
+            destination: "/app".into(),
+        }];
+        let command = command(&tenant, &mounts);
+        assert!(!command.contains("s3cr3t"), "{command}");
+        assert!(
+            command.starts_with("wasmtime serve -Scli --addr 127.0.0.1:8080 "),
+            "{command}"
+        );
+        assert!(command.contains(" --dir files/app::/app "), "{command}");
+        assert!(command.contains(" -Skeyvalue "), "{command}");
+        assert!(
+            command.contains(r"-Sconfig-var='greeting=it'\''s me'"),
+            "{command}"
+        );
+        assert!(command.contains("${PYCAGE_VAR_TOKEN:?"), "{command}");
+        assert!(command.ends_with(" handler.wasm"), "{command}");
+        let script = script(&command);
+        assert!(script.contains("\"$@\" handler.wasm\n"), "{script}");
+    }
+}
