@@ -538,7 +538,9 @@ fn export(common: &Common, reporter: &Reporter, args: ExportArgs) -> Result<Exit
         })
         .map_err(|error| match error {
             ExportError::Load(error) => Failure::Load(error),
-            ExportError::OutputInUse { .. } => Failure::Usage(error.to_string()),
+            ExportError::OutputInUse { .. } | ExportError::Unsupported { .. } => {
+                Failure::Usage(error.to_string())
+            }
             other => Failure::Runtime(other.into()),
         })?;
     println!(

@@ -79,6 +79,12 @@ pub enum ExportError {
         path.display()
     )]
     OutputInUse { path: PathBuf },
+    /// The target cannot be given the tenant's grants as they are written.
+    #[error("cannot export for {target}: {reason}")]
+    Unsupported {
+        target: &'static str,
+        reason: String,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -121,6 +127,14 @@ pub(crate) fn write(
     dir: &Path,
     on_event: &dyn Fn(crate::LoadEvent<'_>),
 ) -> Result<Export, ExportError> {
+    if target == ExportTarget::Spin
+        && let Some(reason) = spin::unsupported(tenant)
+    {
+        return Err(ExportError::Unsupported {
+            target: target.name(),
+            reason,
+        });
+    }
     check_output(dir)?;
     let parent = match dir.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),

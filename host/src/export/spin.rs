@@ -17,20 +17,69 @@ pub const MANIFEST: &str = "spin.toml";
 /// How to serve the export, from its directory.
 pub const COMMAND: &str = "spin up";
 
-/// A Spin component id: kebab-case (lower-case letters and digits between
-/// single dashes), from a tenant name (`a-z0-9_-`).
+/// A Spin component id (kebab-case: words of lower-case letters and
+/// digits, each starting with a letter, between single dashes), from a
+/// tenant name (`a-z0-9_-`): a word starting with a digit joins the one
+/// before it.
 pub fn component_id(tenant: &str) -> String {
-    let words: Vec<&str> = tenant
-        .split(['_', '-'])
-        .filter(|word| !word.is_empty())
-        .collect();
-    let id = words.join("-");
-    // An id starts with a letter.
-    if id.starts_with(|c: char| c.is_ascii_lowercase()) {
-        id
-    } else {
-        format!("app-{id}").trim_end_matches('-').to_owned()
+    let mut words: Vec<String> = Vec::new();
+    for word in tenant.split(['_', '-']).filter(|word| !word.is_empty()) {
+        match words.last_mut() {
+            Some(last) if word.starts_with(|c: char| c.is_ascii_digit()) => last.push_str(word),
+            _ if word.starts_with(|c: char| c.is_ascii_digit()) => words.push(format!("app{word}")),
+            _ => words.push(word.to_owned()),
+        }
     }
+    if words.is_empty() {
+        return "app".into();
+    }
+    words.join("-")
+}
+
+/// Whether Spin accepts `name` as a variable name or a key-value store
+/// label: words of lower-case letters and digits, each starting with a
+/// letter, separated by single `_` (or, for labels, single `-`).
+pub fn valid_spin_name(name: &str, dashes: bool) -> bool {
+    let separator = if dashes && name.contains('-') {
+        '-'
+    } else {
+        '_'
+    };
+    if dashes && name.contains('-') && name.contains('_') {
+        return false;
+    }
+    name.split(separator).all(|word| {
+        word.starts_with(|c: char| c.is_ascii_lowercase())
+            && word
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    })
+}
+
+/// Why Spin cannot be given `tenant`'s grants as they are, if it cannot.
+pub fn unsupported(tenant: &TenantConfig) -> Option<String> {
+    if let Some(variable) = tenant
+        .variables
+        .iter()
+        .find(|v| !valid_spin_name(&v.name, false))
+    {
+        return Some(format!(
+            "Spin cannot name the variable `{}`: each `_`-separated word of a Spin variable name \
+             starts with a letter (rename it in the tenant's configuration)",
+            variable.name
+        ));
+    }
+    if let Some(store) = tenant
+        .key_value_stores
+        .iter()
+        .find(|name| !valid_spin_name(name, true))
+    {
+        return Some(format!(
+            "Spin cannot name the key-value store `{store}`: a label is kebab-case or snake_case \
+             with each word starting with a letter"
+        ));
+    }
+    None
 }
 
 /// The manifest text.
@@ -193,9 +242,29 @@ mod tests {
     #[test]
     fn component_ids_are_kebab_case() {
         assert_eq!(component_id("shop"), "shop");
-        assert_eq!(component_id("my_shop-2"), "my-shop-2");
+        assert_eq!(component_id("my_shop-2"), "my-shop2");
         assert_eq!(component_id("__a__b"), "a-b");
-        assert_eq!(component_id("2fa"), "app-2fa");
+        assert_eq!(component_id("2fa"), "app2fa");
+        assert_eq!(component_id("_-_"), "app");
+    }
+
+    #[test]
+    fn spin_names_follow_spin_rules() {
+        assert!(valid_spin_name("api_key", false));
+        assert!(valid_spin_name("key2", false));
+        assert!(!valid_spin_name("my_2fa", false));
+        assert!(!valid_spin_name("my-var", false));
+        assert!(valid_spin_name("my-store", true));
+        assert!(valid_spin_name("my_store", true));
+        assert!(!valid_spin_name("my-st_ore", true));
+        assert!(!valid_spin_name("a--b", true));
+        let mut tenant = TenantConfig::new("t", "t");
+        tenant.variables = vec![VariableSpec {
+            name: "my_2fa".into(),
+            source: VariableSource::Value("x".into()),
+            secret: false,
+        }];
+        assert!(unsupported(&tenant).unwrap().contains("my_2fa"));
     }
 
     #[test]

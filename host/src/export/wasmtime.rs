@@ -45,7 +45,9 @@ pub fn command(tenant: &TenantConfig, mounts: &[Mount]) -> String {
     }
     if !tenant.variables.is_empty() {
         words.push("-Sconfig".into());
-        for variable in &tenant.variables {
+        // wasmtime splits every `-S` value at commas: such a value cannot
+        // be given (see `caveats`).
+        for variable in tenant.variables.iter().filter(|v| !has_comma(v)) {
             let value = match (&variable.source, variable.secret) {
                 (VariableSource::Value(value), false) => {
                     shell_quote(&format!("{}={value}", variable.name))
@@ -63,6 +65,10 @@ pub fn command(tenant: &TenantConfig, mounts: &[Mount]) -> String {
     }
     words.push(super::COMPONENT_FILE.into());
     words.join(" ")
+}
+
+fn has_comma(variable: &crate::grants::VariableSpec) -> bool {
+    matches!(&variable.source, VariableSource::Value(value) if value.contains(','))
 }
 
 /// The export's `serve.sh`: the command, run from the export's directory,
@@ -113,11 +119,19 @@ pub fn caveats(tenant: &TenantConfig) -> Vec<String> {
     }
     if !tenant.key_value_stores.is_empty() {
         caveats.push(
-            "`-Skeyvalue` is an in-memory store that starts empty for every request and keeps \
-             nothing: a value set in one request is gone in the next. Store names are not \
-             checked, and `increment` only adds; `compare_and_swap` is not available."
+            "`-Skeyvalue` is an in-memory store that opens only the store named \"\" (so \
+             `pycage.kv.open` fails for every name a tenant can be granted), starts empty for \
+             every request and keeps nothing; its `increment` only adds and it has no \
+             `compare_and_swap`. A handler that needs its data needs Spin or `pycage serve`."
                 .to_owned(),
         );
+    }
+    for variable in tenant.variables.iter().filter(|v| has_comma(v)) {
+        caveats.push(format!(
+            "Variable `{}` is not passed: its value has a comma, and wasmtime splits `-S` \
+             options at commas.",
+            variable.name
+        ));
     }
     if tenant
         .variables
