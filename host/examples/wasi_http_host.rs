@@ -3,7 +3,9 @@
 //! the way `wasmtime serve -Scli` 46 does (wasmtime-wasi-http, one Store
 //! and one instance per request, the CLI interfaces linked besides the
 //! proxy world) and takes the same flags, so an export's `serve.sh`
-//! command line runs here with `wasmtime serve` replaced by this binary.
+//! command line runs here with `wasmtime serve` replaced by this binary
+//! (a leading `serve` is skipped, so a link named `wasmtime` to it runs an
+//! export's `serve.sh` as it is).
 //!
 //! `--profile spin` links the interfaces Spin 3.x links instead of
 //! wasmtime's: `wasi:keyvalue@0.2.0-draft2` (stores named with `--kv-store`,
@@ -30,7 +32,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hyper::server::conn::http1;
 use wasmtime::component::{Component, Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder,
+};
 use wasmtime_wasi::{DirPerms, FilePerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::io::TokioIo;
@@ -103,7 +108,11 @@ fn parse_args() -> anyhow::Result<Options> {
         kv_stores: HashSet::new(),
         component: String::new(),
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    // `wasmtime serve ...` works with this binary in wasmtime's place.
+    if args.peek().is_some_and(|first| first == "serve") {
+        args.next();
+    }
     let mut positional = Vec::new();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -466,7 +475,21 @@ fn main() -> anyhow::Result<()> {
     if options.timeout.is_some() {
         config.epoch_interruption(true);
     }
-    let engine = Engine::new(&config)?;
+    // As `wasmtime serve` does: the pooling allocator with its defaults
+    // (the memory cap applied to its slots too), unless the host cannot
+    // reserve the address space for it.
+    let mut pooling = PoolingAllocationConfig::default();
+    if let Some(max) = options.max_memory {
+        pooling.max_memory_size(max);
+    }
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    let engine = match Engine::new(&config) {
+        Ok(engine) => engine,
+        Err(_) => {
+            config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
+            Engine::new(&config)?
+        }
+    };
     let component = Component::from_file(&engine, &options.component)
         .map_err(|e| anyhow::anyhow!("loading {}: {e:?}", options.component))?;
     let mut linker = Linker::new(&engine);

@@ -651,3 +651,29 @@ fn an_export_never_overwrites_what_it_did_not_write() {
         .unwrap_err();
     assert!(error.to_string().contains("my_2fa"), "{error}");
 }
+
+#[test]
+fn the_cli_refuses_a_foreign_output_directory_and_explains_itself() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("keep.txt"), "mine").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .env("PYCAGE_CACHE_DIR", cache_dir())
+        .args(["export", "--target", "spin", "-o"])
+        .arg(root.path())
+        .arg(fixture("hello/hello.py"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not an earlier export"), "{stderr}");
+    assert!(root.path().join("keep.txt").is_file());
+
+    let help = Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .args(["export", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for needle in ["wasi-http", "spin", "--output", "--config", "README.md"] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}

@@ -432,26 +432,6 @@ async fn shutdown_signal() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::log_directives;
-
-    #[test]
-    fn a_bare_level_is_pycage_s_own() {
-        assert_eq!(log_directives(None), "info");
-        assert_eq!(log_directives(Some("debug")), "warn,pycage=debug");
-        assert_eq!(log_directives(Some("TRACE")), "warn,pycage=TRACE");
-        assert_eq!(
-            log_directives(Some("debug,cranelift=info")),
-            "debug,cranelift=info"
-        );
-        assert_eq!(
-            log_directives(Some("pycage::guest=debug")),
-            "pycage::guest=debug"
-        );
-    }
-}
-
 /// The tenant an export is for: one of the file's (`--tenant` picks it), or
 /// one made from the handler and the flags, as `serve HANDLER` would.
 fn export_tenant(args: &ExportArgs) -> Result<(TenantConfig, Option<ServeConfig>), Failure> {
@@ -555,4 +535,24 @@ fn export(common: &Common, reporter: &Reporter, args: ExportArgs) -> Result<Exit
     }
     println!("  see {}", export.dir.join("README.md").display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+
+    #[test]
+    fn a_bare_level_is_pycage_s_own() {
+        assert_eq!(log_directives(None), "info");
+        assert_eq!(log_directives(Some("debug")), "warn,pycage=debug");
+        assert_eq!(log_directives(Some("TRACE")), "warn,pycage=TRACE");
+        assert_eq!(
+            log_directives(Some("debug,cranelift=info")),
+            "debug,cranelift=info"
+        );
+        assert_eq!(
+            log_directives(Some("pycage::guest=debug")),
+            "pycage::guest=debug"
+        );
+    }
 }

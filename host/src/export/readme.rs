@@ -53,7 +53,7 @@ pub(super) fn render(tenant: &TenantConfig, export: &Export) -> String {
         ExportTarget::WasiHttp => {
             text.push_str(&format!(
                 "./serve.sh                   # http://127.0.0.1:8080/\n\
-                 ./serve.sh --addr 0.0.0.0:8080\n```\n\n\
+                 ADDR=0.0.0.0:8080 ./serve.sh\n```\n\n\
                  `serve.sh` runs exactly this (wasmtime {}):\n\n```sh\n{}\n```\n\n\
                  Any load balancer can spread requests over several such processes.\n\n",
                 super::wasmtime::WASMTIME_VERSION,

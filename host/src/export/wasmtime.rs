@@ -29,7 +29,7 @@ pub fn command(tenant: &TenantConfig, mounts: &[Mount]) -> String {
         // componentize-py's CPython imports besides the proxy world.
         "-Scli".into(),
         "--addr".into(),
-        "127.0.0.1:8080".into(),
+        ADDR.into(),
         format!("-Wmax-memory-size={}", tenant.limits.memory_bytes),
         format!("-Wtimeout={}ms", tenant.limits.timeout.as_millis()),
     ];
@@ -71,17 +71,26 @@ fn has_comma(variable: &crate::grants::VariableSpec) -> bool {
     matches!(&variable.source, VariableSource::Value(value) if value.contains(','))
 }
 
+/// The address the command binds.
+pub const ADDR: &str = "127.0.0.1:8080";
+
 /// The export's `serve.sh`: the command, run from the export's directory,
-/// with extra arguments (`--addr 0.0.0.0:80`) placed before the component.
+/// listening on `$ADDR` (default [`ADDR`]), with extra arguments placed
+/// before the component. `wasmtime` is whichever is first on `PATH`.
 pub fn script(command: &str) -> String {
     let (head, component) = command
         .rsplit_once(' ')
         .unwrap_or((command, super::COMPONENT_FILE));
+    let head = head.replacen(
+        &format!("--addr {ADDR}"),
+        &format!("--addr \"${{ADDR:-{ADDR}}}\""),
+        1,
+    );
     format!(
         "#!/bin/sh\n\
          # Written by `pycage export --target wasi-http`: serves this export with\n\
-         # wasmtime {WASMTIME_VERSION}. Extra arguments go before the component, e.g.\n\
-         #   ./serve.sh --addr 0.0.0.0:8080\n\
+         # wasmtime {WASMTIME_VERSION}. Listens on $ADDR (default {ADDR}); extra arguments\n\
+         # go before the component, e.g. ADDR=0.0.0.0:8080 ./serve.sh -Wmax-instances=20\n\
          set -eu\n\
          cd \"$(dirname \"$0\")\"\n\
          exec {head} \"$@\" {component}\n"
@@ -188,5 +197,9 @@ mod tests {
         assert!(command.ends_with(" handler.wasm"), "{command}");
         let script = script(&command);
         assert!(script.contains("\"$@\" handler.wasm\n"), "{script}");
+        assert!(
+            script.contains("--addr \"${ADDR:-127.0.0.1:8080}\" "),
+            "{script}"
+        );
     }
 }
