@@ -19,9 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::job::{COMPONENT, Job, JobKind, Outcome};
+use super::job::{COMPONENT, Job, JobKind};
 use super::stage::HandlerSource;
-use super::{BuildSettings, LoadEvent, deps, entry, stdlib, worker};
+use super::{BuildSettings, LoadEvent, deps, entry, stdlib};
 use crate::contract::{self, mounts, wit};
 use crate::error::LoadError;
 use crate::host_fs::untrusted;
@@ -97,9 +97,7 @@ pub(crate) fn build(
     let mut text = std::fs::read_to_string(&config).map_err(io(&config))?;
     text.push_str(&format!("MAX_REQUEST_BODY = {max_request_body}\n"));
     // wasmtime's key-value interface pages and counts differently (pycage.kv).
-    let kv_draft = imports
-        .iter()
-        .any(|i| i.starts_with("wasi:keyvalue/store@0.2.0-draft") && !i.ends_with("draft2"));
+    let kv_draft = imports.contains(&"wasi:keyvalue/store@0.2.0-draft");
     text.push_str(if kv_draft {
         "KV_DRAFT = True\n"
     } else {
@@ -121,28 +119,7 @@ pub(crate) fn build(
         out_dir: out.clone(),
         max_component_bytes: settings.max_component_bytes,
     };
-    let limits = worker::BuildLimits {
-        timeout: deadline.saturating_duration_since(Instant::now()),
-        ..settings.limits
-    };
-    let facts = match worker::execute(&job, &settings.isolation, &limits, scratch.path()) {
-        Ok(Outcome::Built(facts)) => facts,
-        Ok(Outcome::Refused(report)) => {
-            super::show_output(&report.output, report.output_truncated, on_event);
-            return Err(super::memory_hint(
-                report.into_error(source),
-                &settings.limits,
-            ));
-        }
-        Ok(Outcome::Failed(detail)) => {
-            return Err(LoadError::Build {
-                path: source.path.clone(),
-                detail: crate::guest_text::one_line(&detail, 16 << 10),
-            });
-        }
-        Err(error) => return Err(super::worker_error(error, source, &settings.limits)),
-    };
-    super::show_output(&facts.output, facts.output_truncated, on_event);
+    super::run_job(&job, settings, source, deadline, scratch.path(), on_event)?;
 
     // The component: written by the worker from what the guest made, so
     // read back without following links and bounded.

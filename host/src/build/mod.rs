@@ -145,25 +145,7 @@ pub(crate) fn ensure_built(
         out_dir: out.clone(),
         max_component_bytes: settings.max_component_bytes,
     };
-    let limits = BuildLimits {
-        timeout: deadline.saturating_duration_since(Instant::now()),
-        ..settings.limits
-    };
-    let facts = match worker::execute(&job, &settings.isolation, &limits, scratch.path()) {
-        Ok(Outcome::Built(facts)) => facts,
-        Ok(Outcome::Refused(report)) => {
-            show_output(&report.output, report.output_truncated, on_event);
-            return Err(memory_hint(report.into_error(source), &settings.limits));
-        }
-        Ok(Outcome::Failed(detail)) => {
-            return Err(LoadError::Build {
-                path: source.path.clone(),
-                detail: guest_text::one_line(&detail, 16 << 10),
-            });
-        }
-        Err(error) => return Err(worker_error(error, source, &settings.limits)),
-    };
-    show_output(&facts.output, facts.output_truncated, on_event);
+    let facts = run_job(&job, settings, source, deadline, scratch.path(), on_event)?;
     for warning in &facts.warnings {
         tracing::warn!(handler = %source.path.display(), "{warning}");
     }
@@ -260,6 +242,39 @@ fn remember(
             .cache
             .index(source, venv.map(|venv| (venv, &trees[..])), key);
     }
+}
+
+/// Run a handler's build `job` in a worker with what is left of the
+/// build's time until `deadline`; the handler's output is shown, a refusal
+/// or a failure becomes the load error that names it.
+fn run_job(
+    job: &Job,
+    settings: &BuildSettings,
+    source: &HandlerSource,
+    deadline: Instant,
+    scratch: &Path,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<job::BuiltFacts, LoadError> {
+    let limits = BuildLimits {
+        timeout: deadline.saturating_duration_since(Instant::now()),
+        ..settings.limits
+    };
+    let facts = match worker::execute(job, &settings.isolation, &limits, scratch) {
+        Ok(Outcome::Built(facts)) => facts,
+        Ok(Outcome::Refused(report)) => {
+            show_output(&report.output, report.output_truncated, on_event);
+            return Err(memory_hint(report.into_error(source), &settings.limits));
+        }
+        Ok(Outcome::Failed(detail)) => {
+            return Err(LoadError::Build {
+                path: source.path.clone(),
+                detail: guest_text::one_line(&detail, 16 << 10),
+            });
+        }
+        Err(error) => return Err(worker_error(error, source, &settings.limits)),
+    };
+    show_output(&facts.output, facts.output_truncated, on_event);
+    Ok(facts)
 }
 
 fn show_output(text: &str, truncated: bool, on_event: &dyn Fn(LoadEvent<'_>)) {
