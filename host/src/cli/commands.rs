@@ -488,12 +488,42 @@ fn export_tenant(args: &ExportArgs) -> Result<(TenantConfig, Option<ServeConfig>
                     key_value_stores: grants.granted,
                     allowed_outbound_hosts: grants.allowed_outbound_hosts,
                     variables: grants.variables,
-                    ..TenantConfig::new(grants.tenant.as_deref().unwrap_or("default"), handler)
+                    ..TenantConfig::new(
+                        grants.tenant.unwrap_or_else(|| export_name(handler)),
+                        handler,
+                    )
                 },
                 None,
             ))
         }
         (None, None) => Err(Failure::Usage("give a HANDLER or --config FILE".into())),
+    }
+}
+
+/// The name an export of a handler given on the command line goes by (the
+/// Spin application and component): its file or directory name, in the
+/// characters a tenant name may have.
+fn export_name(handler: &std::path::Path) -> String {
+    let stem = std::fs::canonicalize(handler)
+        .unwrap_or_else(|_| handler.to_path_buf())
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if pycage::grants::valid_tenant(&name) {
+        name
+    } else {
+        "app".into()
     }
 }
 
