@@ -22,12 +22,13 @@ class VariableError(Exception):
 
 def get(name: str, default: "str | None" = None) -> "str | None":
     """The value of variable `name`, or `default` if it is not set."""
+    if not isinstance(name, str):
+        raise TypeError("a variable name is a str")
+    if _absent():
+        return default
     from componentize_py_types import Err
     from wit_world.imports import config_store
 
-    _capabilities.require("a configuration variable")
-    if not isinstance(name, str):
-        raise TypeError("a variable name is a str")
     try:
         value = config_store.get(name)
     except Err as err:
@@ -37,11 +38,23 @@ def get(name: str, default: "str | None" = None) -> "str | None":
 
 def get_all() -> "dict[str, str]":
     """Every variable, as a dict."""
+    if _absent():
+        return {}
     from componentize_py_types import Err
     from wit_world.imports import config_store
 
-    _capabilities.require("a configuration variable")
     try:
         return dict(config_store.get_all())
     except Err as err:
         raise VariableError(f"variables: {getattr(err.value, 'value', err.value)}") from None
+
+
+def _absent():
+    """Whether this component has no variables at all: an export for a
+    tenant granted none imports no `wasi:config`, which reads as no
+    variable being set, as in `pycage serve`. Raises at build time."""
+    what = "a configuration variable"
+    if what in _capabilities.ABSENT:
+        return True
+    _capabilities.require(what)
+    return False

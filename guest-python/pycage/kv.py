@@ -87,6 +87,13 @@ class Store:
         return f"<pycage.kv.Store {self.name!r}>"
 
     def _open(self):
+        if "a key-value store" in _capabilities.ABSENT:
+            # An export for a tenant granted no store imports no
+            # wasi:keyvalue: as in `pycage serve`, the store is not granted.
+            raise KeyValueError(
+                f"store {self.name!r} is not granted to this handler "
+                "(key_value_stores in pycage.toml, --kv on the command line)"
+            )
         _capabilities.require("a key-value store")
         if self._bucket is None:
             from componentize_py_types import Err

@@ -366,6 +366,7 @@ async fn exported_handlers_answer_like_pycage_serve() {
 
 fn caps_tenant(upstream: &str) -> TenantConfig {
     let mut tenant = TenantConfig::new("caps", fixture("export_caps"));
+    tenant.limits.max_request_body = 1000;
     tenant.key_value_stores = vec!["default".into()];
     tenant.allowed_outbound_hosts = vec![AllowedHost::parse(upstream).unwrap()];
     tenant.variables = vec![
@@ -564,6 +565,15 @@ async fn the_wasi_http_export_links_wasmtime_s_interfaces_where_granted() {
     assert!(serve_sh.starts_with("#!/bin/sh\n"));
     let readme = std::fs::read_to_string(export.dir.join("README.md")).unwrap();
     assert!(readme.contains(&export.command), "{readme}");
+    // A secret with a comma would add wasmtime options: serve.sh refuses it
+    // before wasmtime runs.
+    let refused = Command::new(export.dir.join("serve.sh"))
+        .env("PYCAGE_VAR_TOKEN", "tok,inherit-env,inherit-network")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PYCAGE_VAR_TOKEN has a comma"));
 
     // A secret is read from the environment when the command runs.
     let peer = {
@@ -609,6 +619,82 @@ async fn the_wasi_http_export_links_wasmtime_s_interfaces_where_granted() {
     )
     .await;
     assert_eq!(fetched.status, 200, "{}", fetched.text());
+
+    // Hostile requests and responses: refused as `pycage serve` refuses
+    // them, and the next request is served.
+    let declared = send(peer.addr, "POST", "/size", &[], &[b'x'; 2000]).await;
+    assert_eq!(declared.status, 413, "{}", declared.text());
+    assert_eq!(
+        declared.json()["detail"],
+        "request body is 2000 bytes, over the 1000-byte limit"
+    );
+    let chunked = chunked_post(peer.addr, "/size", 5000).await;
+    assert!(chunked.starts_with("HTTP/1.1 413"), "{chunked}");
+    assert!(chunked.contains("over the 1000-byte limit"), "{chunked}");
+    let fits = send(peer.addr, "POST", "/size", &[], &[b'x'; 1000]).await;
+    assert_eq!(fits.json()["size"], 1000);
+    for path in ["/bad-header", "/many-headers"] {
+        let refused = send(peer.addr, "GET", path, &[], b"").await;
+        assert_eq!(refused.status, 500, "{path}: {}", refused.text());
+        assert!(!refused.headers.contains_key("set-cookie"));
+    }
+    let owned = send(peer.addr, "GET", "/host-owned", &[], b"").await;
+    assert_eq!(owned.status, 200);
+    assert_eq!(owned.headers["x-kept"], "yes");
+    assert_eq!(
+        owned.headers["content-length"], "4",
+        "the host's own length"
+    );
+    assert_eq!(owned.text(), "body");
+    assert_eq!(
+        send(peer.addr, "GET", "/greeting", &[], b"").await.status,
+        200,
+        "still serving"
+    );
+}
+
+/// POST `size` bytes with chunked transfer encoding (no declared length)
+/// on a raw connection; the response head and body as text.
+async fn chunked_post(addr: SocketAddr, path: &str, size: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: example.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..size / 500 {
+        let chunk = format!("1f4\r\n{}\r\n", "y".repeat(500));
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break; // the server answered and closed early
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply).await;
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_granted_nothing_exports_without_those_interfaces_and_reads_as_in_pycage() {
+    let bare = export(
+        "caps-bare",
+        TenantConfig::new("bare", fixture("export_caps")),
+        ExportTarget::WasiHttp,
+    );
+    let imports = imports_of(&bare);
+    assert!(
+        !imports
+            .iter()
+            .any(|i| i.starts_with("wasi:keyvalue") || i.starts_with("wasi:config")),
+        "{imports:?}"
+    );
+    assert!(!bare.command.contains("-Skeyvalue") && !bare.command.contains("-Sconfig"));
+    let peer = serve_export(&bare, &[]);
+    // No variable is set, no store granted: what `pycage serve` says too.
+    let greeting = send(peer.addr, "GET", "/greeting", &[], b"").await;
+    assert_eq!(greeting.json()["greeting"], serde_json::Value::Null);
+    let store = send(peer.addr, "GET", "/other-store", &[], b"").await;
+    assert_eq!(store.json()["refused"], "KeyValueError");
 }
 
 #[test]
@@ -638,6 +724,38 @@ fn an_export_never_overwrites_what_it_did_not_write() {
         .unwrap();
     assert!(second.dir.join("serve.sh").is_file());
     assert!(!fresh.join("spin.toml").exists(), "the old export is gone");
+    // `-o .` inside an earlier export replaces it (staged beside it).
+    let again = Command::new(env!("CARGO_BIN_EXE_pycage"))
+        .env("PYCAGE_CACHE_DIR", cache_dir())
+        .current_dir(&fresh)
+        .args(["-q", "export", "--target", "spin", "-o", "."])
+        .arg(fixture("hello/hello.py"))
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(fresh.join("spin.toml").is_file() && !fresh.join("serve.sh").exists());
+    // Never inside the handler's tree (it would be copied into the next
+    // export), nor around it (it would be deleted with the export).
+    let tree = root.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("app.py"), "from pycage import route\n").unwrap();
+    let inside = runtime()
+        .export(
+            &TenantConfig::new("t", &tree),
+            ExportTarget::Spin,
+            &tree.join("out"),
+            &|_| {},
+        )
+        .unwrap_err();
+    assert!(
+        matches!(inside, ExportError::OutputOverlaps { .. }),
+        "{inside}"
+    );
+    assert!(!tree.join("out").exists());
 
     // Spin's naming rules are checked before anything is built.
     let mut odd = tenant.clone();

@@ -39,6 +39,18 @@ _READ_CHUNK = 64 * 1024
 _WRITE_CHUNK = 4096
 _REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             413: "Payload Too Large", 500: "Internal Server Error"}
+# The bounds `pycage serve` puts on a handler's response (host/src/http.rs).
+_MAX_RESPONSE_HEADERS = 100
+_MAX_RESPONSE_HEAD_BYTES = 64 << 10
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class _Invalid(Exception):
+    """The handler's response breaks a bound `pycage serve` enforces."""
+
+    def __init__(self, detail=None):
+        super().__init__(detail)
+        self.detail = detail
 
 
 class _Refused(Exception):
@@ -88,7 +100,13 @@ def _path(raw):
     return "/" + "/".join(segments)
 
 
-def _read_body(incoming, limit):
+def _too_large(size, limit):
+    return _Refused(413, f"request body is {size} bytes, over the {limit}-byte limit")
+
+
+def _read_body(incoming, limit, declared):
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit)
     body = incoming.consume()
     chunks = []
     size = 0
@@ -102,7 +120,7 @@ def _read_body(incoming, limit):
                 raise _Refused(400, "could not read the request body") from None
             size += len(chunk)
             if size > limit:
-                raise _Refused(413, f"request body is over the {limit}-byte limit")
+                raise _too_large(limit + 1, limit)
             chunks.append(chunk)
     t.IncomingBody.finish(body)
     return b"".join(chunks)
@@ -120,8 +138,38 @@ def _request(incoming):
     authority = incoming.authority()
     if authority and not any(name.lower() == "host" for name, _ in pairs):
         pairs.insert(0, ("host", authority))
-    body = _read_body(incoming, config.MAX_REQUEST_BODY)
+    declared = None
+    for name, value in pairs:
+        if name.lower() == "content-length" and value.isdigit():
+            declared = int(value)
+    body = _read_body(incoming, config.MAX_REQUEST_BODY, declared)
     return Request(method, path, query, Headers(pairs), body)
+
+
+def _checked(status, headers, body):
+    """The response as `pycage serve` sends it: the same bounds, header
+    names lower-cased, host-owned headers dropped, no body where the status
+    has none."""
+    if len(headers) > _MAX_RESPONSE_HEADERS:
+        raise _Invalid()
+    head = sum(len(name) + len(value) + 4 for name, value in headers)
+    if head > _MAX_RESPONSE_HEAD_BYTES:
+        raise _Invalid()
+    if status in (204, 205, 304):
+        body = b""
+    if len(body) + head > config.MAX_RESPONSE_BODY:
+        raise _Invalid(f"response body is over the {config.MAX_RESPONSE_BODY}-byte limit")
+    kept = []
+    for name, value in headers:
+        raw = name.encode("latin-1", "replace")
+        if not raw or not all(c in _TOKEN for c in raw):
+            raise _Invalid()
+        if any((c < 0x20 and c != 0x09) or c == 0x7F for c in value):
+            raise _Invalid()
+        name = name.lower()
+        if name not in _HOST_OWNED:
+            kept.append((name, value))
+    return status, kept, body
 
 
 def _answer(incoming):
@@ -134,30 +182,37 @@ def _answer(incoming):
             if miss.allowed is None:
                 return _json_error(404)
             return _json_error(405, extra=[("allow", ", ".join(miss.allowed).encode())])
+        return _checked(status, headers, body)
     except _Refused as refused:
         return _json_error(refused.status, refused.detail)
+    except _Invalid as invalid:
+        _log(lambda: "pycage: the handler's response was refused: "
+             + (invalid.detail or "an invalid header, or too many headers"))
+        return _json_error(500, invalid.detail)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt included
-        try:
-            # The traceback goes to the host's log (stderr), never to the client.
-            print(f"pycage: the handler raised {describe(exc)}\n{format_traceback(exc)}",
-                  file=sys.stderr)
-        except BaseException:
-            pass
+        # The traceback goes to the host's log (stderr), never to the client.
+        _log(lambda: f"pycage: the handler raised {describe(exc)}\n{format_traceback(exc)}")
         return _json_error(500)
-    if status in (204, 205, 304):
-        body = b""
-    return status, headers, body
+
+
+def _log(text):
+    """Print `text()` to stderr (the host's log); nothing it raises escapes."""
+    try:
+        print(text(), file=sys.stderr)
+    except BaseException:
+        pass
 
 
 def _send(response_out, method, status, headers, body):
+    """Set the response and write its body; returns once the outparam is
+    set or raises before. Headers were checked (`_checked`) and are within
+    the bounds that keep wasmtime-wasi-http's own field limit out of reach."""
     fields = t.Fields()
     for name, value in headers:
-        if name.lower() in _HOST_OWNED:
-            continue
         try:
             fields.append(name, value)
         except Err:
-            pass  # a header the host forbids or finds invalid: dropped
+            pass  # a header this host forbids: dropped
     # As `pycage serve` (hyper) does: a length for every body but a HEAD
     # response's and one a status forbids.
     if method != "HEAD" and status not in (204, 205, 304):
@@ -166,6 +221,10 @@ def _send(response_out, method, status, headers, body):
     response.set_status_code(status)
     outgoing = response.body()
     t.ResponseOutparam.set(response_out, Ok(response))
+    return outgoing
+
+
+def _write(outgoing, body):
     with outgoing.write() as stream:
         view = memoryview(body)
         for start in range(0, len(view), _WRITE_CHUNK):
@@ -182,11 +241,18 @@ class IncomingHandler(exports.IncomingHandler):
                 method = "GET"
             status, headers, body = _answer(request)
         try:
-            _send(response_out, method, status, headers, body)
+            outgoing = _send(response_out, method, status, headers, body)
         except BaseException as exc:
-            # The client went away, or the host refused the response:
-            # nothing more can be said to anyone but the log.
+            # Not set: answer with the plain error instead.
+            _log(lambda: f"pycage: the response could not be made: {describe(exc)}")
+            status, headers, body = _json_error(500)
             try:
-                print(f"pycage: sending the response failed: {describe(exc)}", file=sys.stderr)
+                outgoing = _send(response_out, method, status, headers, body)
             except BaseException:
-                pass
+                return
+        try:
+            _write(outgoing, body)
+        except BaseException as exc:
+            # The client went away, or the host refused the body: nothing
+            # more can be said to anyone but the log.
+            _log(lambda: f"pycage: sending the response failed: {describe(exc)}")

@@ -59,7 +59,7 @@ pub(crate) fn build(
     source: &HandlerSource,
     venv: Option<&Path>,
     imports: &[&str],
-    max_request_body: usize,
+    limits: &crate::limits::Limits,
     dest: &Path,
     on_event: &dyn Fn(LoadEvent<'_>),
 ) -> Result<ExportedComponent, LoadError> {
@@ -91,11 +91,14 @@ pub(crate) fn build(
         let path = path.to_path_buf();
         move |source| LoadError::Io { path, source }
     };
-    // The request body limit the glue applies (pycage's host applies it
-    // before the guest runs; another host does not know it).
+    // The request and response size limits the glue applies (pycage's host
+    // applies them around the guest; another host does not know them).
     let config = inputs.python_path[0].join("pycage_build_config.py");
     let mut text = std::fs::read_to_string(&config).map_err(io(&config))?;
-    text.push_str(&format!("MAX_REQUEST_BODY = {max_request_body}\n"));
+    text.push_str(&format!(
+        "MAX_REQUEST_BODY = {}\nMAX_RESPONSE_BODY = {}\n",
+        limits.max_request_body, limits.max_response_body
+    ));
     // wasmtime's key-value interface pages and counts differently (pycage.kv).
     let kv_draft = imports.contains(&"wasi:keyvalue/store@0.2.0-draft");
     text.push_str(if kv_draft {

@@ -64,8 +64,9 @@ pub enum Command {
     /// Export a handler as a standard wasi:http component, with its files and a spin.toml or
     /// `wasmtime serve` command line, to run on Spin, SpinKube, wasmCloud or `wasmtime serve`
     #[command(
-        after_help = "The export is built from the same handler, framework and grants as \
-        `pycage serve`, and answers the same way. DIR must be new, empty, or an earlier export \
+        after_help = "With --config FILE, --tenant NAME picks the tenant to export; its grants \
+        and limits come from the file. The export is built from the same handler, framework and \
+        grants as `pycage serve`, and answers the same way. DIR must be new, empty, or an earlier export \
         (replaced whole once the new one is complete). DIR/README.md says how to run it and \
         what the target host does not enforce of the tenant's grants and limits."
     )]

@@ -448,9 +448,16 @@ fn export_tenant(args: &ExportArgs) -> Result<(TenantConfig, Option<ServeConfig>
                 vars: args.grants.vars.clone(),
                 secrets: args.grants.secrets.clone(),
             };
-            if FlagGrants::grants_anything(&flags) {
+            let limits = &args.limits;
+            let limit_flags = limits.timeout.is_some()
+                || limits.memory_mib.is_some()
+                || limits.max_request_body.is_some()
+                || limits.max_response_body.is_some()
+                || limits.max_output.is_some();
+            if FlagGrants::grants_anything(&flags) || limit_flags {
                 return Err(Failure::Usage(
-                    "with --config, capabilities come from the tenant in the file, not from flags"
+                    "with --config, the tenant's grants and limits come from the file, not from \
+                     flags (--tenant NAME picks the tenant)"
                         .into(),
                 ));
             }
@@ -548,9 +555,9 @@ fn export(common: &Common, reporter: &Reporter, args: ExportArgs) -> Result<Exit
         })
         .map_err(|error| match error {
             ExportError::Load(error) => Failure::Load(error),
-            ExportError::OutputInUse { .. } | ExportError::Unsupported { .. } => {
-                Failure::Usage(error.to_string())
-            }
+            ExportError::OutputInUse { .. }
+            | ExportError::OutputOverlaps { .. }
+            | ExportError::Unsupported { .. } => Failure::Usage(error.to_string()),
             other => Failure::Runtime(other.into()),
         })?;
     println!(

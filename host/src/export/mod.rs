@@ -79,6 +79,13 @@ pub enum ExportError {
         path.display()
     )]
     OutputInUse { path: PathBuf },
+    /// The output directory is the handler's tree, inside it, or holds it.
+    #[error(
+        "{}: overlaps the handler {} (choose a directory outside it)",
+        path.display(),
+        handler.display()
+    )]
+    OutputOverlaps { path: PathBuf, handler: PathBuf },
     /// The target cannot be given the tenant's grants as they are written.
     #[error("cannot export for {target}: {reason}")]
     Unsupported {
@@ -135,11 +142,9 @@ pub(crate) fn write(
             reason,
         });
     }
+    let dir = &output_path(dir, &tenant.handler)?;
     check_output(dir)?;
-    let parent = match dir.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(io_error(&parent))?;
     // Written beside `dir` and moved into place whole: a failed export
     // leaves an earlier one as it was.
@@ -153,12 +158,12 @@ pub(crate) fn write(
         source,
         tenant.venv.as_deref(),
         &imports,
-        tenant.limits.max_request_body,
+        &tenant.limits,
         staging.path(),
         on_event,
     )?;
     let mut export = Export {
-        dir: dir.to_path_buf(),
+        dir: dir.clone(),
         target,
         component: dir.join(COMPONENT_FILE),
         mounts: component.mounts,
@@ -177,7 +182,8 @@ pub(crate) fn write(
             export.command = wasmtime::command(tenant, &export.mounts);
             export.caveats = wasmtime::caveats(tenant);
             let path = staging.path().join(wasmtime::SCRIPT);
-            std::fs::write(&path, wasmtime::script(&export.command)).map_err(io_error(&path))?;
+            std::fs::write(&path, wasmtime::script(tenant, &export.command))
+                .map_err(io_error(&path))?;
             set_mode(&path, 0o755).map_err(io_error(&path))?;
         }
     }
@@ -194,12 +200,9 @@ pub(crate) fn write(
 
     check_output(dir)?;
     if dir.exists() {
-        // An earlier export's files are read-only: writable again first,
-        // or their directories could not be emptied.
-        let files = dir.join(built::FILES_DIR);
-        if std::fs::symlink_metadata(&files).is_ok_and(|m| m.is_dir()) {
-            set_tree_modes(&files, 0o755, 0o644).map_err(io_error(&files))?;
-        }
+        // Its read-only directories are made writable by the removal itself,
+        // through handles opened without following links (a host serving
+        // the old export may still be running its guest).
         crate::host_fs::untrusted::remove_tree(dir).map_err(io_error(dir))?;
     }
     let staged = staging.keep();
@@ -220,7 +223,8 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 
 /// Set the mode of every directory (`dirs`) and regular file (`files`)
 /// below and including `root`, links left alone and not followed. A
-/// directory is made writable before it is entered and set last.
+/// directory is made writable before it is entered and set last. Only for
+/// the staging directory, which is private and which nothing runs from.
 fn set_tree_modes(root: &Path, dirs: u32, files: u32) -> std::io::Result<()> {
     set_mode(root, 0o755)?;
     for item in std::fs::read_dir(root)? {
@@ -233,6 +237,43 @@ fn set_tree_modes(root: &Path, dirs: u32, files: u32) -> std::io::Result<()> {
         }
     }
     set_mode(root, dirs)
+}
+
+/// `dir` made absolute (`.` and `..` resolved as written, links not), so
+/// that the staging directory lands beside it, never inside it; refused if
+/// it names no directory of its own (`/`, `..`) or overlaps the handler's
+/// tree (an export inside the handler would copy itself into the next one;
+/// a handler inside the export would be deleted with it).
+fn output_path(dir: &Path, handler: &Path) -> Result<PathBuf, ExportError> {
+    let absolute = std::path::absolute(dir).map_err(io_error(dir))?;
+    let mut clean = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    if clean.file_name().is_none() {
+        return Err(ExportError::OutputInUse { path: clean });
+    }
+    let handler = std::fs::canonicalize(handler).unwrap_or_else(|_| handler.to_path_buf());
+    let real_parent = clean
+        .parent()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .map(|p| p.join(clean.file_name().unwrap_or_default()));
+    let real = real_parent.as_deref().unwrap_or(&clean);
+    // A one-file handler grants only that file: an export beside it is fine.
+    let inside_handler = handler.is_dir() && real.starts_with(&handler);
+    if inside_handler || handler.starts_with(real) {
+        return Err(ExportError::OutputOverlaps {
+            path: clean,
+            handler: handler.to_path_buf(),
+        });
+    }
+    Ok(clean)
 }
 
 /// `dir` may be written: it does not exist, is an empty directory, or is an

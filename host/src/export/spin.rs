@@ -197,9 +197,18 @@ pub fn manifest(tenant: &TenantConfig, mounts: &[Mount]) -> String {
 pub fn caveats(tenant: &TenantConfig) -> Vec<String> {
     let mut caveats = vec![
         "Spin applies its own per-request limits; pycage's timeout, memory and output limits \
-         for this tenant are not carried over."
+         for this tenant are not carried over (the component itself refuses request and \
+         response bodies over the tenant's limits)."
             .to_owned(),
     ];
+    if !tenant.allowed_outbound_hosts.is_empty() {
+        caveats.push(
+            "Spin's `allowed_outbound_hosts` matches names and ports: a permitted name that \
+             resolves to a private or loopback address is reached (`pycage serve` refuses it), \
+             and pycage's `resolve` overrides are not carried over."
+                .to_owned(),
+        );
+    }
     if tenant
         .key_value_stores
         .iter()

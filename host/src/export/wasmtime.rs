@@ -48,8 +48,8 @@ pub fn command(tenant: &TenantConfig, mounts: &[Mount]) -> String {
         // wasmtime splits every `-S` value at commas: such a value cannot
         // be given (see `caveats`).
         for variable in tenant.variables.iter().filter(|v| !has_comma(v)) {
-            let value = match (&variable.source, variable.secret) {
-                (VariableSource::Value(value), false) => {
+            let value = match &variable.source {
+                VariableSource::Value(value) if !from_environment(variable) => {
                     shell_quote(&format!("{}={value}", variable.name))
                 }
                 _ => format!(
@@ -67,6 +67,12 @@ pub fn command(tenant: &TenantConfig, mounts: &[Mount]) -> String {
     words.join(" ")
 }
 
+/// Whether the command reads `variable` from `PYCAGE_VAR_<NAME>` (a
+/// secret, or a value pycage itself reads from the environment or a file).
+fn from_environment(variable: &crate::grants::VariableSpec) -> bool {
+    variable.secret || !matches!(variable.source, VariableSource::Value(_))
+}
+
 fn has_comma(variable: &crate::grants::VariableSpec) -> bool {
     matches!(&variable.source, VariableSource::Value(value) if value.contains(','))
 }
@@ -77,7 +83,18 @@ pub const ADDR: &str = "127.0.0.1:8080";
 /// The export's `serve.sh`: the command, run from the export's directory,
 /// listening on `$ADDR` (default [`ADDR`]), with extra arguments placed
 /// before the component. `wasmtime` is whichever is first on `PATH`.
-pub fn script(command: &str) -> String {
+pub fn script(tenant: &TenantConfig, command: &str) -> String {
+    // A value from the environment reaches wasmtime inside a `-S` option,
+    // which wasmtime splits at commas: a comma would add options of the
+    // caller's choosing (`inherit-env`, `inherit-network`). Refused first.
+    let mut checks = String::new();
+    for variable in tenant.variables.iter().filter(|v| from_environment(v)) {
+        let env = format!("PYCAGE_VAR_{}", variable.name.to_ascii_uppercase());
+        checks.push_str(&format!(
+            "case \"${{{env}-}}\" in *,*) echo \"serve.sh: {env} has a comma, which wasmtime \
+             would read as more options\" >&2; exit 2;; esac\n"
+        ));
+    }
     let (head, component) = command
         .rsplit_once(' ')
         .unwrap_or((command, super::COMPONENT_FILE));
@@ -92,6 +109,7 @@ pub fn script(command: &str) -> String {
          # wasmtime {WASMTIME_VERSION}. Listens on $ADDR (default {ADDR}); extra arguments\n\
          # go before the component, e.g. ADDR=0.0.0.0:8080 ./serve.sh -Wmax-instances=20\n\
          set -eu\n\
+         {checks}\
          cd \"$(dirname \"$0\")\"\n\
          exec {head} \"$@\" {component}\n"
     )
@@ -104,20 +122,23 @@ pub fn caveats(tenant: &TenantConfig) -> Vec<String> {
          disk so that a request cannot change them for the next one, which holds unless \
          wasmtime runs as root."
             .to_owned(),
-        "`-Wmax-memory-size` caps each linear memory, not the instance as a whole, and there \
-         is no request or response size limit, concurrency limit or output cap."
+        "`-Wmax-memory-size` caps each linear memory, not the instance as a whole; there is \
+         no concurrency limit or output cap. The component itself refuses request and \
+         response bodies over the tenant's limits, as `pycage serve` does."
             .to_owned(),
     ];
     if tenant.allowed_outbound_hosts.is_empty() {
         caveats.push(
             "`wasmtime serve` has no outbound allow-list: the component can send HTTP requests \
-             to any host the machine reaches, although this tenant is granted none."
+             to any host the machine reaches (loopback and cloud metadata addresses included), \
+             although this tenant is granted none."
                 .to_owned(),
         );
     } else {
         caveats.push(format!(
             "`wasmtime serve` has no outbound allow-list: the component can send HTTP requests \
-             to any host the machine reaches, not only {}.",
+             to any host the machine reaches (loopback and cloud metadata addresses included), \
+             not only {}.",
             tenant
                 .allowed_outbound_hosts
                 .iter()
@@ -135,6 +156,12 @@ pub fn caveats(tenant: &TenantConfig) -> Vec<String> {
                 .to_owned(),
         );
     }
+    if tenant.path_prefix.is_some() {
+        caveats.push(
+            "The tenant's path prefix is not stripped: the component sees the full path."
+                .to_owned(),
+        );
+    }
     for variable in tenant.variables.iter().filter(|v| has_comma(v)) {
         caveats.push(format!(
             "Variable `{}` is not passed: its value has a comma, and wasmtime splits `-S` \
@@ -142,14 +169,12 @@ pub fn caveats(tenant: &TenantConfig) -> Vec<String> {
             variable.name
         ));
     }
-    if tenant
-        .variables
-        .iter()
-        .any(|v| v.secret || !matches!(v.source, VariableSource::Value(_)))
-    {
+    if tenant.variables.iter().any(from_environment) {
         caveats.push(
             "Secret variables, and those pycage reads from the environment or a file, are read \
-             from PYCAGE_VAR_<NAME> when the command runs; their values are not in the export."
+             from PYCAGE_VAR_<NAME> when serve.sh runs (one with a comma is refused); their \
+             values are not in the export, but wasmtime takes them as command-line arguments, \
+             which other local users can read (ps, /proc/PID/cmdline)."
                 .to_owned(),
         );
     }
@@ -195,7 +220,11 @@ mod tests {
         );
         assert!(command.contains("${PYCAGE_VAR_TOKEN:?"), "{command}");
         assert!(command.ends_with(" handler.wasm"), "{command}");
-        let script = script(&command);
+        let script = script(&tenant, &command);
+        assert!(
+            script.contains("case \"${PYCAGE_VAR_TOKEN-}\" in *,*)"),
+            "{script}"
+        );
         assert!(script.contains("\"$@\" handler.wasm\n"), "{script}");
         assert!(
             script.contains("--addr \"${ADDR:-127.0.0.1:8080}\" "),

@@ -685,7 +685,9 @@ pub(crate) fn measure(dir: &Path, max_entries: usize, max_depth: usize) -> Measu
 /// at most two directory handles open and no recursion: each
 /// subdirectory's own subdirectories are first moved up into `dir` (links
 /// are removed, never followed). For trees a guest wrote, which may be
-/// deeper than any descriptor limit or stack allows.
+/// deeper than any descriptor limit or stack allows, and for read-only
+/// trees (each directory is made writable through its open handle, so a
+/// link swapped in is never what changes mode).
 pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
     let root = match rfs::open(
         dir,
@@ -696,6 +698,8 @@ pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
         Err(rustix::io::Errno::NOENT) => return Ok(()),
         Err(error) => return Err(error.into()),
     };
+    // Best effort: a directory this user does not own stays as it is.
+    let _ = rfs::fchmod(&root, Mode::from_raw_mode(0o700));
     let mut moved = 0u64;
     // Each pass removes every entry it lists (moving grandchildren up); a
     // bound keeps a pathological tree from looping forever.
@@ -715,6 +719,7 @@ pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(error) => return Err(error.into()),
             };
+            let _ = rfs::fchmod(&sub, Mode::from_raw_mode(0o700));
             for inner in list(&sub)? {
                 if is_dir_at(&sub, &inner) {
                     moved += 1;
