@@ -44,10 +44,11 @@ check() {
     out=$(curl -s -w '\n%{http_code}' "$@") || true
     code="${out##*$'\n'}"
     body="${out%$'\n'*}"
+    local shown="${body//$'\r'/}"; shown="${shown//$'\n'/ }"; shown="${shown:0:160}"
     if [[ "$code" == "$status" && "$body" == *"$expected"* ]]; then
-        echo "ok    $name: $code $body"
+        echo "ok    $name: $code $shown"
     else
-        echo "FAIL  $name: got $code $body (wanted $status with \"$expected\")"
+        echo "FAIL  $name: got $code $shown (wanted $status with \"$expected\")"
         failures=$((failures + 1))
     fi
 }

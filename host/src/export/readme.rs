@@ -89,9 +89,10 @@ pub(super) fn render(tenant: &TenantConfig, export: &Export) -> String {
          pycage's own image optimisations (one merged core module, the memory image reset in \
          place, immortal snapshot objects, the warmed request path) are not part of the export: \
          it is the component as componentize-py made it. Another host instantiates all of it for \
-         every request. On the machine pycage is developed on, `wasmtime serve` spent about \
-         1.5 ms of CPU per hello-world request against about 0.3 ms in `pycage serve` (see \
-         pycage's `scripts/bench.sh` for a side-by-side run).\n",
+         every request. On pycage's 2-core development machine (2026-12-07), `wasmtime serve` \
+         46.0.3 with this export's flags answered 229 hello-world requests/s on one connection \
+         and about 125 at 16 or 64, where `pycage serve` answered 3,065 and 7,000 \
+         (pycage's `scripts/bench-serve.sh` runs them side by side).\n",
     );
     text
 }
