@@ -148,10 +148,13 @@ pub(crate) fn write(
     std::fs::create_dir_all(&parent).map_err(io_error(&parent))?;
     // Written beside `dir` and moved into place whole: a failed export
     // leaves an earlier one as it was.
-    let staging = tempfile::Builder::new()
-        .prefix(".pycage-export-")
-        .tempdir_in(&parent)
-        .map_err(io_error(&parent))?;
+    let staging = Staging(
+        tempfile::Builder::new()
+            .prefix(".pycage-export-")
+            .tempdir_in(&parent)
+            .map_err(io_error(&parent))?
+            .keep(),
+    );
     let imports = target.imports(tenant);
     let component = built::build(
         settings,
@@ -199,21 +202,52 @@ pub(crate) fn write(
     set_mode(staging.path(), 0o755).map_err(io_error(staging.path()))?;
 
     check_output(dir)?;
-    if dir.exists() {
-        // Its read-only directories are made writable by the removal itself,
-        // through handles opened without following links (a host serving
-        // the old export may still be running its guest).
-        crate::host_fs::untrusted::remove_tree(dir).map_err(io_error(dir))?;
-    }
-    let staged = staging.keep();
-    std::fs::rename(&staged, dir).map_err(|source| {
-        let _ = crate::host_fs::untrusted::remove_tree(&staged);
-        ExportError::Io {
+    // The earlier export is moved aside, the new one into its place, and
+    // only then is the old one removed: `dir` is never half written.
+    let old = match std::fs::symlink_metadata(dir) {
+        Ok(_) => {
+            let aside = Staging(
+                tempfile::Builder::new()
+                    .prefix(".pycage-export-old-")
+                    .tempdir_in(&parent)
+                    .map_err(io_error(&parent))?
+                    .keep(),
+            );
+            let into = aside.0.join("export");
+            std::fs::rename(dir, &into).map_err(io_error(dir))?;
+            Some((aside, into))
+        }
+        Err(_) => None,
+    };
+    if let Err(source) = std::fs::rename(&staging.0, dir) {
+        if let Some((_, into)) = &old {
+            let _ = std::fs::rename(into, dir);
+        }
+        return Err(ExportError::Io {
             path: dir.to_path_buf(),
             source,
-        }
-    })?;
+        });
+    }
+    std::mem::forget(staging);
+    drop(old);
     Ok(export)
+}
+
+/// A directory of ours beside the output, removed when dropped (without
+/// following links, its read-only directories made writable through their
+/// handles: the old export may still be served, its guest running).
+struct Staging(PathBuf);
+
+impl Staging {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = crate::host_fs::untrusted::remove_tree(&self.0);
+    }
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
