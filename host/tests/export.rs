@@ -154,7 +154,9 @@ fn shell_words(line: &str) -> Vec<String> {
     words
 }
 
-/// One export per fixture, target and grant set for the whole test binary.
+/// Export into a directory of its own per `name` and target (tests that
+/// run at once must use different names: a test may be serving one while
+/// another would replace it).
 fn export(name: &str, tenant: TenantConfig, target: ExportTarget) -> Export {
     static LOCK: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
     let _serial = LOCK.get_or_init(Default::default).lock();
@@ -470,7 +472,8 @@ async fn the_spin_export_links_what_spin_links_and_its_capabilities_work_there()
             .any(|i| i == "wasi:keyvalue/store@0.2.0-draft2")
     );
     // ...and the wasi-http export, with wasmtime's key-value, is not.
-    let wasmtime_export = export("caps", tenant.clone(), ExportTarget::WasiHttp);
+    // Its own directory: another test serves the "caps" wasi-http export.
+    let wasmtime_export = export("caps-imports", tenant.clone(), ExportTarget::WasiHttp);
     let wasmtime_imports = imports_of(&wasmtime_export);
     assert!(
         wasmtime_imports
