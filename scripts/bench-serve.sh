@@ -21,9 +21,12 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 
 source scripts/lib.sh
 release="$(release_dir --bin pycage --example wasi_http_host)"
-pycage="${PYCAGE:-$release/pycage}"
+pycage="$(realpath "${PYCAGE:-$release/pycage}")"
+# Exports are made by this tree's pycage (an older one may have no `export`).
+exporter="$release/pycage"
 peer="$release/examples/wasi_http_host"
 wasmtime="${WASMTIME:-$(command -v wasmtime || true)}"
+[[ -n "$wasmtime" ]] && wasmtime="$(realpath "$wasmtime")"
 if [[ -n "$wasmtime" ]] && ! "$wasmtime" --version | grep -q ' 46\.0\.3'; then
     echo "ignoring $wasmtime: not wasmtime 46.0.3" >&2
     wasmtime=""
@@ -51,6 +54,7 @@ measure() {
         threads=$(( c < 2 ? 1 : 2 ))
         out=$(wrk -t"$threads" -c"$c" -d"${duration}s" --latency ${script:+-s "$script"} "http://127.0.0.1:$port$path")
         rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+        rps="${rps:-0}"
         p50=$(awk '$1=="50%" {print $2}' <<<"$out")
         p99=$(awk '$1=="99%" {print $2}' <<<"$out")
         errors=$(grep -E 'Non-2xx|Socket errors' <<<"$out" || true)
@@ -59,7 +63,7 @@ measure() {
     done
     rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
     echo "$name: $who RSS after the runs: $((rss_kb / 1024)) MiB"
-    kill -TERM "$server"; wait "$server" 2>/dev/null || true
+    kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true
 }
 # serve_export DIR WASMTIME: run the export's own serve.sh on $port, with
 # WASMTIME as the `wasmtime` it calls.
@@ -85,7 +89,7 @@ bench() {
     measure pycage "$name" "$path" "$script"
 
     local dir="$exports/$name"
-    "$pycage" -q export "$handler" --target wasi-http -o "$dir" >/dev/null
+    "$exporter" -q export "$handler" --target wasi-http -o "$dir" >/dev/null
     serve_export "$dir" "$peer"
     measure peer-host "$name" "$path" "$script"
     if [[ -n "$wasmtime" ]]; then
@@ -94,10 +98,10 @@ bench() {
     fi
     for c in 1 16 64; do
         ours="rps_pycage_$c"; theirs="rps_peer_host_$c"; real="rps_wasmtime_serve_$c"
-        line=$(printf '%s: pycage ÷ peer-host at %s connections: %.1f×' "$name" "$c" \
-            "$(python3 -c "print(${!ours} / ${!theirs})")")
+        ratio() { python3 -c "print(f'{$1 / $2:.1f}×' if $2 else 'n/a (no requests)')"; }
+        line="$name: pycage ÷ peer-host at $c connections: $(ratio "${!ours}" "${!theirs}")"
         if [[ -n "$wasmtime" ]]; then
-            line+=$(printf ', pycage ÷ wasmtime serve: %.1f×' "$(python3 -c "print(${!ours} / ${!real})")")
+            line+=", pycage ÷ wasmtime serve: $(ratio "${!ours}" "${!real}")"
         fi
         echo "$line"
     done

@@ -25,6 +25,7 @@ if [[ -z "$wasmtime" ]]; then
         cargo install wasmtime-cli --version 46.0.3 --locked --root "$target/wasmtime-cli" >&2
     fi
 fi
+wasmtime="$(realpath "$wasmtime")"
 "$wasmtime" --version | grep -q ' 46\.0\.3' || { echo "$wasmtime is not wasmtime 46.0.3" >&2; exit 2; }
 echo "using $("$wasmtime" --version) at $wasmtime"
 
@@ -67,7 +68,7 @@ serve() {
     echo "wasmtime serve did not listen" >&2; return 1
 }
 
-stop() { kill -TERM "$server"; wait "$server" 2>/dev/null || true; server=""; }
+stop() { kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }
 
 mkdir -p "$exports"
 url="http://127.0.0.1:$port"

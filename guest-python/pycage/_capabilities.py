@@ -55,12 +55,20 @@ def enable():
 
     from pycage import _fetch, config, kv  # noqa: F401
 
+    # Only an export's world may leave an interface out; in pycage's own
+    # images a missing binding is a broken build, not an absent capability.
+    try:
+        from pycage_build_config import OPTIONAL_CAPABILITIES as optional
+    except ImportError:
+        optional = False
     absent = set()
     for what, modules in _BINDINGS.items():
         for module in modules:
             try:
                 importlib.import_module(f"wit_world.imports.{module}")
             except ImportError:
+                if not optional:
+                    raise
                 absent.add(what)
     ABSENT = frozenset(absent)
     AVAILABLE = True

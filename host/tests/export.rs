@@ -311,6 +311,9 @@ async fn exported_handlers_answer_like_pycage_serve() {
             ("GET", "/items/42?full=1", &[], b""),
             ("GET", "/items/new", &[], b""),
             ("GET", "/missing", &[], b""),
+            ("HEAD", "/missing", &[], b""),
+            ("GET", "/files/%zz", &[], b""),
+            ("GET", "/files/%ff", &[], b""),
             ("DELETE", "/items/3", &[], b""),
             ("HEAD", "/items/3", &[], b""),
             (
@@ -334,7 +337,7 @@ async fn exported_handlers_answer_like_pycage_serve() {
         ],
     )
     .await;
-    let echoed = replies[6].json();
+    let echoed = replies[9].json();
     assert_eq!(echoed["json"]["s"], "é");
     assert_eq!(echoed["params"]["x"], serde_json::json!(["1", "2"]));
     assert_eq!(
@@ -342,28 +345,24 @@ async fn exported_handlers_answer_like_pycage_serve() {
         "Host from the authority"
     );
     assert_eq!(echoed["headers"]["x-custom"], "v");
-    assert_eq!(replies[7].body.len(), 300_000, "a body in many chunks");
+    assert_eq!(replies[10].body.len(), 300_000, "a body in many chunks");
+    let data = &replies[13];
+    assert_eq!(data.status, 200, "a data file: {}", data.text());
+    let lazy = &replies[14];
+    assert_eq!(lazy.status, 200, "a lazy import: {}", lazy.text());
+    assert_eq!(replies[15].json()["counter"], 1);
     assert_eq!(
-        replies[10].status,
-        200,
-        "a data file: {}",
-        replies[10].text()
-    );
-    assert_eq!(
-        replies[11].status,
-        200,
-        "a lazy import: {}",
-        replies[11].text()
-    );
-    assert_eq!(replies[12].json()["counter"], 1);
-    assert_eq!(
-        replies[13].json()["counter"],
+        replies[16].json()["counter"],
         1,
         "every request starts afresh"
     );
-    assert_eq!(replies[16].status, 418);
-    assert_eq!(replies[17].status, 500);
-    assert_eq!(replies[17].text(), r#"{"error":"Internal Server Error"}"#);
+    assert_eq!(replies[19].status, 418);
+    assert_eq!(replies[20].status, 500);
+    assert_eq!(replies[20].text(), r#"{"error":"Internal Server Error"}"#);
+    assert_eq!(replies[4].status, 404);
+    assert!(replies[4].body.is_empty(), "no body for HEAD");
+    assert_eq!(replies[5].status, 400);
+    assert_eq!(replies[6].status, 400);
 }
 
 fn caps_tenant(upstream: &str) -> TenantConfig {

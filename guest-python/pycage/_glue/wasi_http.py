@@ -65,9 +65,13 @@ class _Refused(Exception):
 def _json_error(status, detail=None, extra=()):
     import json
 
-    body = {"error": _REASONS[status]}
-    if detail is not None:
-        body["detail"] = detail
+    if status == 400:
+        # The host's own refusal before any guest runs: the message alone.
+        body = {"error": detail or _REASONS[status]}
+    else:
+        body = {"error": _REASONS[status]}
+        if detail is not None:
+            body["detail"] = detail
     text = json.dumps(body, separators=(",", ":")).encode()
     return status, [("content-type", b"application/json"), *extra], text
 
@@ -78,16 +82,31 @@ def _method(wit_method):
     return type(wit_method).__name__.removeprefix("Method_").upper()
 
 
-def _path(raw):
-    """The percent-decoded path with dot segments removed, as the pycage
-    host routes it (host/src/routing.rs, `normalize_path`)."""
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _normalize(raw):
+    """`normalize_path` of host/src/routing.rs: escapes of unreserved
+    characters and of `/` decoded, the others' hex upper-cased, dot
+    segments removed; a malformed escape is a 400."""
     if not raw.startswith("/"):
-        raise _Refused(400, "the request target is not an absolute path")
-    try:
-        decoded = unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        raise _Refused(400, "the path is not valid UTF-8") from None
-    parts = decoded[1:].split("/")
+        raise _Refused(400, "the request target is not a valid path")
+    out = []
+    i = 0
+    while i < len(raw):
+        if raw[i] == "%":
+            hex_digits = raw[i + 1:i + 3]
+            if len(hex_digits) < 2 or not all(c in _HEX for c in hex_digits):
+                raise _Refused(400, "the request target is not a valid path")
+            value = int(hex_digits, 16)
+            char = chr(value)
+            out.append(char if char.isascii() and (char.isalnum() or char in "-._~/")
+                       else "%%%02X" % value)
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    parts = "".join(out)[1:].split("/")
     segments = []
     for index, part in enumerate(parts):
         if part in (".", ".."):
@@ -98,6 +117,17 @@ def _path(raw):
         else:
             segments.append(part)
     return "/" + "/".join(segments)
+
+
+def _path(normalized, target):
+    """The normalized path percent-decoded (`Request::new` of
+    host/src/http.rs); not UTF-8 is a 400 naming `target`."""
+    try:
+        return unquote(normalized, errors="strict")
+    except UnicodeDecodeError:
+        raise _Refused(
+            400, f"invalid path `{target}`: it must start with '/' and decode to UTF-8"
+        ) from None
 
 
 def _too_large(size, limit):
@@ -129,8 +159,9 @@ def _read_body(incoming, limit, declared):
 def _request(incoming):
     method = _method(incoming.method())
     target = incoming.path_with_query() or "/"
-    raw_path, _, query = target.partition("?")
-    path = _path(raw_path)
+    raw_path, sep, query = target.partition("?")
+    normalized = _normalize(raw_path)
+    path = _path(normalized, normalized + sep + query)
     with incoming.headers() as fields:
         pairs = [(name, value.decode("latin-1")) for name, value in fields.entries()]
     # wasi:http hosts strip `Host` (a forbidden header) and pass the
@@ -240,12 +271,16 @@ class IncomingHandler(exports.IncomingHandler):
             except BaseException:
                 method = "GET"
             status, headers, body = _answer(request)
+        if method == "HEAD":
+            body = b""  # errors included, as `pycage serve` answers HEAD
         try:
             outgoing = _send(response_out, method, status, headers, body)
         except BaseException as exc:
             # Not set: answer with the plain error instead.
             _log(lambda: f"pycage: the response could not be made: {describe(exc)}")
             status, headers, body = _json_error(500)
+            if method == "HEAD":
+                body = b""
             try:
                 outgoing = _send(response_out, method, status, headers, body)
             except BaseException:

@@ -96,7 +96,7 @@ pub(crate) fn build(
     let config = inputs.python_path[0].join("pycage_build_config.py");
     let mut text = std::fs::read_to_string(&config).map_err(io(&config))?;
     text.push_str(&format!(
-        "MAX_REQUEST_BODY = {}\nMAX_RESPONSE_BODY = {}\n",
+        "MAX_REQUEST_BODY = {}\nMAX_RESPONSE_BODY = {}\nOPTIONAL_CAPABILITIES = True\n",
         limits.max_request_body, limits.max_response_body
     ));
     // wasmtime's key-value interface pages and counts differently (pycage.kv).

@@ -566,7 +566,14 @@ fn export(common: &Common, reporter: &Reporter, args: ExportArgs) -> Result<Exit
         target.name(),
         export.dir.display()
     );
-    println!("  run it there with: {}", export.command);
+    match target {
+        // serve.sh checks what the bare command line cannot (see its caveats).
+        ExportTarget::WasiHttp => println!(
+            "  run it with: {}",
+            export.dir.join(pycage::export::wasmtime::SCRIPT).display()
+        ),
+        ExportTarget::Spin => println!("  run it there with: {}", export.command),
+    }
     for caveat in &export.caveats {
         println!("  note: {caveat}");
     }

@@ -220,8 +220,18 @@ pub(crate) fn write(
         Err(_) => None,
     };
     if let Err(source) = std::fs::rename(&staging.0, dir) {
-        if let Some((_, into)) = &old {
-            let _ = std::fs::rename(into, dir);
+        if let Some((aside, into)) = old
+            && std::fs::rename(&into, dir).is_err()
+        {
+            // Neither in place: keep the earlier export where it is, and say so.
+            std::mem::forget(aside);
+            return Err(ExportError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "{source}; the earlier export is left at {}",
+                    into.display()
+                )),
+            });
         }
         return Err(ExportError::Io {
             path: dir.to_path_buf(),
@@ -294,11 +304,21 @@ fn output_path(dir: &Path, handler: &Path) -> Result<PathBuf, ExportError> {
         return Err(ExportError::OutputInUse { path: clean });
     }
     let handler = std::fs::canonicalize(handler).unwrap_or_else(|_| handler.to_path_buf());
-    let real_parent = clean
-        .parent()
-        .and_then(|p| std::fs::canonicalize(p).ok())
-        .map(|p| p.join(clean.file_name().unwrap_or_default()));
-    let real = real_parent.as_deref().unwrap_or(&clean);
+    // Links resolved in the longest part that exists; the rest is created.
+    let mut real = clean.clone();
+    let mut rest = Vec::new();
+    while std::fs::canonicalize(&real).is_err() {
+        match (real.file_name(), real.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_owned());
+                real = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut real = std::fs::canonicalize(&real).unwrap_or(real);
+    real.extend(rest.iter().rev());
+    let real = real.as_path();
     // A one-file handler grants only that file: an export beside it is fine.
     let inside_handler = handler.is_dir() && real.starts_with(&handler);
     if inside_handler || handler.starts_with(real) {

@@ -54,7 +54,9 @@ pub(super) fn render(tenant: &TenantConfig, export: &Export) -> String {
             text.push_str(&format!(
                 "./serve.sh                   # http://127.0.0.1:8080/\n\
                  ADDR=0.0.0.0:8080 ./serve.sh\n```\n\n\
-                 `serve.sh` runs exactly this (wasmtime {}):\n\n```sh\n{}\n```\n\n\
+                 `serve.sh` runs exactly this (wasmtime {}), after refusing a `PYCAGE_VAR_*` \
+                 value with a comma (wasmtime would read it as more `-S` options): run the \
+                 script, not the bare line.\n\n```sh\n{}\n```\n\n\
                  Any load balancer can spread requests over several such processes.\n\n",
                 super::wasmtime::WASMTIME_VERSION,
                 export.command
@@ -78,7 +80,9 @@ pub(super) fn render(tenant: &TenantConfig, export: &Export) -> String {
         ));
     }
     text.push_str(
-        "\nThe guest paths are fixed: module paths in the component's snapshot name them.\n\n",
+        "\nThe guest paths are fixed: module paths in the component's snapshot name them. The \
+         files are read-only and readable by every local user: restrict this directory if the \
+         handler's files are not for them.\n\n",
     );
     text.push_str("## What this host does not enforce\n\n");
     for caveat in &export.caveats {

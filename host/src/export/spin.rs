@@ -4,8 +4,10 @@
 use toml::{Table, Value};
 
 use super::Mount;
+use std::net::IpAddr;
+
 use crate::config::TenantConfig;
-use crate::grants::VariableSource;
+use crate::grants::{AllowedHost, HostPattern, PortPattern, SchemePattern, VariableSource};
 
 /// The versions Spin 3.x links (and pycage's own images import).
 pub const KEYVALUE_STORE: &str = "wasi:keyvalue/store@0.2.0-draft2";
@@ -80,6 +82,38 @@ pub fn unsupported(tenant: &TenantConfig) -> Option<String> {
         ));
     }
     None
+}
+
+/// One allow-list entry as Spin writes it: `scheme://host:port`, from the
+/// parsed entry (pycage also takes an upper-case scheme, a trailing `/`,
+/// and `*://host` meaning each scheme's own port, which Spin writes as two
+/// entries).
+pub fn spin_hosts(entry: &AllowedHost) -> Vec<String> {
+    let host = match &entry.host {
+        HostPattern::Name(name) => name.clone(),
+        HostPattern::Subdomains(suffix) => format!("*.{suffix}"),
+        HostPattern::Ip(IpAddr::V4(ip)) => ip.to_string(),
+        HostPattern::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
+        HostPattern::Any => "*".into(),
+    };
+    let one = |scheme: &str, port: String| format!("{scheme}://{host}:{port}");
+    match (entry.scheme, entry.port) {
+        (_, PortPattern::Exact(port)) => vec![one(scheme_name(entry.scheme), port.to_string())],
+        (_, PortPattern::Any) => vec![one(scheme_name(entry.scheme), "*".into())],
+        (SchemePattern::Http, PortPattern::SchemeDefault) => vec![one("http", "80".into())],
+        (SchemePattern::Https, PortPattern::SchemeDefault) => vec![one("https", "443".into())],
+        (SchemePattern::Any, PortPattern::SchemeDefault) => {
+            vec![one("http", "80".into()), one("https", "443".into())]
+        }
+    }
+}
+
+fn scheme_name(scheme: SchemePattern) -> &'static str {
+    match scheme {
+        SchemePattern::Http => "http",
+        SchemePattern::Https => "https",
+        SchemePattern::Any => "*",
+    }
 }
 
 /// The manifest text.
@@ -167,7 +201,8 @@ pub fn manifest(tenant: &TenantConfig, mounts: &[Mount]) -> String {
             tenant
                 .allowed_outbound_hosts
                 .iter()
-                .map(|host| Value::String(host.written.clone()))
+                .flat_map(spin_hosts)
+                .map(Value::String)
                 .collect(),
         ),
     );
@@ -246,7 +281,7 @@ pub fn caveats(tenant: &TenantConfig) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grants::{AllowedHost, VariableSpec};
+    use crate::grants::VariableSpec;
 
     #[test]
     fn component_ids_are_kebab_case() {
@@ -255,6 +290,26 @@ mod tests {
         assert_eq!(component_id("__a__b"), "a-b");
         assert_eq!(component_id("2fa"), "app2fa");
         assert_eq!(component_id("_-_"), "app");
+    }
+
+    #[test]
+    fn allow_list_entries_are_written_as_spin_writes_them() {
+        let hosts = |entry: &str| spin_hosts(&AllowedHost::parse(entry).unwrap());
+        assert_eq!(
+            hosts("HTTPS://api.example.com/"),
+            ["https://api.example.com:443"]
+        );
+        assert_eq!(hosts("http://127.0.0.1:8089"), ["http://127.0.0.1:8089"]);
+        assert_eq!(
+            hosts("https://*.example.com"),
+            ["https://*.example.com:443"]
+        );
+        assert_eq!(hosts("*://localhost:*"), ["*://localhost:*"]);
+        assert_eq!(
+            hosts("*://example.com"),
+            ["http://example.com:80", "https://example.com:443"]
+        );
+        assert_eq!(hosts("http://[::1]:80"), ["http://[::1]:80"]);
     }
 
     #[test]
@@ -307,7 +362,7 @@ mod tests {
         assert_eq!(component["files"][0]["destination"].as_str(), Some("/app"));
         assert_eq!(
             component["allowed_outbound_hosts"][0].as_str(),
-            Some("https://api.example.com")
+            Some("https://api.example.com:443")
         );
         assert_eq!(component["key_value_stores"][0].as_str(), Some("default"));
         assert_eq!(

@@ -722,6 +722,11 @@ pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
             let _ = rfs::fchmod(&sub, Mode::from_raw_mode(0o700));
             for inner in list(&sub)? {
                 if is_dir_at(&sub, &inner) {
+                    // Moving a directory to another parent rewrites its
+                    // `..`: it must be writable (a read-only export's are not).
+                    if let Ok(fd) = rfs::openat(&sub, &*inner, flags, Mode::empty()) {
+                        let _ = rfs::fchmod(&fd, Mode::from_raw_mode(0o700));
+                    }
                     moved += 1;
                     let aside = CString::new(format!(".moved-{moved}")).expect("no NUL");
                     rfs::renameat(&sub, &*inner, &root, &*aside)?;
@@ -1038,5 +1043,27 @@ mod tests {
         // The link's target was not touched.
         assert!(Path::new("/etc").is_dir());
         remove_tree(&root).unwrap(); // already gone: fine
+    }
+
+    #[test]
+    fn remove_tree_empties_read_only_trees_and_leaves_link_targets_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = tempfile::tempdir().unwrap();
+        let outside = scratch.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), "x").unwrap();
+        let root = scratch.path().join("tree");
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        fs::write(root.join("a/b/c/f"), "y").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/b/link")).unwrap();
+        for dir in ["a/b/c", "a/b", "a", ""] {
+            fs::set_permissions(root.join(dir), fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        let mode = || fs::metadata(&outside).unwrap().permissions().mode();
+        let before = mode();
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+        assert!(outside.join("keep").is_file());
+        assert_eq!(mode(), before, "a link's target keeps its mode");
     }
 }

@@ -43,6 +43,7 @@ impl App {
         let id = self.request_ids.next();
         let started = Instant::now();
         let method = request.method().to_string();
+        let head = request.method() == http::Method::HEAD;
         let raw_path = request.uri().path().to_owned();
         let target = match self.route(&request) {
             Ok(target) => target,
@@ -51,7 +52,7 @@ impl App {
                     path = %raw_path, status = status.as_u16(), duration_ms = ms(started), "request");
                 self.metrics
                     .observe("-", status.as_u16(), started.elapsed().as_secs_f64(), None);
-                return with_request_id(error_response(status, &message), &id);
+                return finish(error_response(status, &message), &id, head);
             }
         };
         let (index, tenant_path) = target;
@@ -81,7 +82,7 @@ impl App {
             capability = capability.unwrap_or("-"), "request");
         self.metrics
             .observe(&tenant.name, status, started.elapsed().as_secs_f64(), limit);
-        with_request_id(response, &id)
+        finish(response, &id, head)
     }
 
     /// The tenant and the (normalised, prefix-stripped) path it sees.
@@ -249,6 +250,17 @@ pub(crate) fn to_http(response: Response) -> HttpResponse {
 /// A small JSON error from the host itself.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> HttpResponse {
     to_http(Response::host_error(status.as_u16(), message))
+}
+
+/// The response as sent: with its request id, and for HEAD without a body
+/// (hyper would not send it, but would announce its length), whatever
+/// answered: the handler, or the host with an error.
+fn finish(response: HttpResponse, id: &str, head: bool) -> HttpResponse {
+    let mut response = with_request_id(response, id);
+    if head {
+        *response.body_mut() = Full::new(Bytes::new());
+    }
+    response
 }
 
 fn with_request_id(mut response: HttpResponse, id: &str) -> HttpResponse {
