@@ -37,14 +37,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 echo "pycage $("$pycage" --version | cut -d' ' -f2), $(nproc) cores, ${duration}s per run"
 echo "peers: wasi_http_host (wasmtime-wasi-http 46.0.3)${wasmtime:+, $("$wasmtime" --version)}"
 
-wait_for_port() {
-    for _ in $(seq 600); do
-        curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
-        kill -0 "$server" 2>/dev/null || { echo "the server exited" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "the server did not listen" >&2; return 1
-}
+wait_for_port() { wait_for_http "$port" "$server"; }
 
 # measure SERVER-NAME HANDLER-NAME PATH SCRIPT: one wrk run per connection
 # count against the server on $port; fills rps_<server>_<c>.

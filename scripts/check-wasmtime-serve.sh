@@ -60,12 +60,7 @@ serve() {
     "$pycage" -q export "$handler" --target wasi-http -o "$dir" >/dev/null
     PATH="$bin_dir:$PATH" ADDR="127.0.0.1:$port" "$dir/serve.sh" 2>"$exports/$name.log" &
     server=$!
-    for _ in $(seq 1200); do
-        curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
-        kill -0 "$server" 2>/dev/null || { cat "$exports/$name.log" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "wasmtime serve did not listen" >&2; return 1
+    wait_for_http "$port" "$server" || { cat "$exports/$name.log" >&2; return 1; }
 }
 
 stop() { kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=""; }

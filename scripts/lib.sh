@@ -12,3 +12,16 @@ release_dir() {
     cargo build --release --quiet "$@" >&2 || return
     echo "$(target_dir)/release"
 }
+
+# wait_for_http PORT PID [SECONDS]: until something answers HTTP on
+# 127.0.0.1:PORT (true), or process PID exits or SECONDS (default 120)
+# pass (false, with a message).
+wait_for_http() {
+    local port="$1" pid="$2" seconds="${3:-120}"
+    for _ in $(seq $(( seconds * 10 ))); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/" && return 0
+        kill -0 "$pid" 2>/dev/null || { echo "the server (pid $pid) exited" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "nothing listened on 127.0.0.1:$port within ${seconds}s" >&2; return 1
+}

@@ -65,10 +65,7 @@ pub(crate) fn build(
 ) -> Result<ExportedComponent, LoadError> {
     let cache = &settings.cache;
     let snapshot = source.snapshot();
-    for (path, reason) in &snapshot.skipped {
-        on_event(LoadEvent::Skipped { path, reason });
-    }
-    let layers = deps::layers(source, snapshot, venv, cache, on_event)?;
+    let layers = super::staged_layers(settings, source, venv, on_event)?;
     deps::install_missing(
         &layers,
         cache,

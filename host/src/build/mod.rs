@@ -102,10 +102,7 @@ pub(crate) fn ensure_built(
 ) -> Result<Ready, LoadError> {
     let cache = &settings.cache;
     let snapshot = source.snapshot();
-    for (path, reason) in &snapshot.skipped {
-        on_event(LoadEvent::Skipped { path, reason });
-    }
-    let layers = deps::layers(source, snapshot, venv, cache, on_event)?;
+    let layers = staged_layers(settings, source, venv, on_event)?;
     let key = cache::handler_key(&source.entry_spec(), snapshot, &layers);
     if let Some(built) = entry::load(engine, cache, &key)? {
         let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
@@ -242,6 +239,22 @@ fn remember(
             .cache
             .index(source, venv.map(|venv| (venv, &trees[..])), key);
     }
+}
+
+/// What a handler was staged with is announced (files left out), and its
+/// dependency layers found: installed ones (`deps::install_missing`
+/// installs them) and virtualenv trees.
+fn staged_layers(
+    settings: &BuildSettings,
+    source: &HandlerSource,
+    venv: Option<&Path>,
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<Vec<Layer>, LoadError> {
+    let snapshot = source.snapshot();
+    for (path, reason) in &snapshot.skipped {
+        on_event(LoadEvent::Skipped { path, reason });
+    }
+    deps::layers(source, snapshot, venv, &settings.cache, on_event)
 }
 
 /// Run a handler's build `job` in a worker with what is left of the
