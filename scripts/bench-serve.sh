@@ -71,6 +71,9 @@ serve_export() {
     wait_for_port
 }
 
+# ratio A B: A ÷ B to one decimal, or why there is none.
+ratio() { python3 -c "print(f'{$1 / $2:.1f}×' if $2 else 'n/a (no requests)')"; }
+
 # bench NAME HANDLER PATH [WRK-SCRIPT]
 bench() {
     local name="$1" handler="$2" path="$3" script="${4:-}"
@@ -91,7 +94,6 @@ bench() {
     fi
     for c in 1 16 64; do
         ours="rps_pycage_$c"; theirs="rps_peer_host_$c"; real="rps_wasmtime_serve_$c"
-        ratio() { python3 -c "print(f'{$1 / $2:.1f}×' if $2 else 'n/a (no requests)')"; }
         line="$name: pycage ÷ peer-host at $c connections: $(ratio "${!ours}" "${!theirs}")"
         if [[ -n "$wasmtime" ]]; then
             line+=", pycage ÷ wasmtime serve: $(ratio "${!ours}" "${!real}")"

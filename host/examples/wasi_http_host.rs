@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use wasmtime::component::{Component, Linker, Resource, ResourceTable};
 use wasmtime::{
@@ -557,5 +558,3 @@ async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         });
     }
 }
-
-use http_body_util::BodyExt;

@@ -12,14 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use pycage::config::TenantConfig;
 use pycage::export::{Export, ExportError, ExportTarget};
 use pycage::grants::{AllowedHost, VariableSource, VariableSpec};
 
-use common::client::Reply;
+use common::client::{self, Reply};
 use common::{cache_dir, fixture, runtime};
 
 /// A server process, killed when dropped.
@@ -168,7 +165,7 @@ fn export(name: &str, tenant: TenantConfig, target: ExportTarget) -> Export {
         .unwrap_or_else(|e| panic!("exporting {name}: {e}"))
 }
 
-/// A request and the reply, with the headers both servers should agree on.
+/// A request for `example.test` on a new connection, and the reply.
 async fn send(
     addr: SocketAddr,
     method: &str,
@@ -176,40 +173,9 @@ async fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    client::send_with_headers(addr, method, "example.test", path, headers, body.to_vec())
         .await
-        .unwrap();
-    tokio::spawn(connection);
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "example.test");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender
-        .send_request(
-            request
-                .body(Full::new(Bytes::copy_from_slice(body)))
-                .unwrap(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        headers,
-        body,
-    }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 /// The reply without what differs by design: the date, pycage's request

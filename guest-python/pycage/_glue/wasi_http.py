@@ -156,8 +156,7 @@ def _read_body(incoming, limit, declared):
     return b"".join(chunks)
 
 
-def _request(incoming):
-    method = _method(incoming.method())
+def _request(incoming, method):
     target = incoming.path_with_query() or "/"
     raw_path, sep, query = target.partition("?")
     normalized = _normalize(raw_path)
@@ -203,10 +202,12 @@ def _checked(status, headers, body):
     return status, kept, body
 
 
-def _answer(incoming):
+def _answer(incoming, method):
     """(status, headers, body) for the request; never raises."""
     try:
-        request = _request(incoming)
+        if method is None:
+            raise RuntimeError("the host gave no readable method")
+        request = _request(incoming, method)
         try:
             status, headers, body = serve(request)
         except NoRoute as miss:
@@ -269,8 +270,8 @@ class IncomingHandler(exports.IncomingHandler):
             try:
                 method = _method(request.method())
             except BaseException:
-                method = "GET"
-            status, headers, body = _answer(request)
+                method = None  # answered with a 500 by `_answer`
+            status, headers, body = _answer(request, method)
         if method == "HEAD":
             body = b""  # errors included, as `pycage serve` answers HEAD
         try:

@@ -17,11 +17,10 @@
 //! component (bounded) and the bytecode of the staged `.py` files.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use super::job::{COMPONENT, Job, JobKind};
 use super::stage::HandlerSource;
-use super::{BuildSettings, LoadEvent, deps, entry, stdlib};
+use super::{BuildSettings, LoadEvent, entry};
 use crate::contract::{self, mounts, wit};
 use crate::error::LoadError;
 use crate::host_fs::untrusted;
@@ -66,44 +65,37 @@ pub(crate) fn build(
     let cache = &settings.cache;
     let snapshot = source.snapshot();
     let layers = super::staged_layers(settings, source, venv, on_event)?;
-    deps::install_missing(
-        &layers,
-        cache,
-        &settings.isolation,
-        &settings.limits,
-        on_event,
-    )?;
-    // Exported once per toolchain, in the cache; copied below.
-    stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
-    let deadline = Instant::now() + settings.limits.timeout;
-    let started = Instant::now();
-    on_event(LoadEvent::Building {
-        source: &source.path,
-    });
+    // The standard library is exported once per toolchain, in the cache;
+    // it is copied from there below.
+    let super::Begun {
+        started, deadline, ..
+    } = super::begin_build(settings, source, &layers, on_event)?;
     let key = super::cache::handler_key(&source.entry_spec(), snapshot, &layers);
     let scratch = cache.scratch_for(&cache.handler_dir(&format!("export-{key}")))?;
     let installed = super::installed_layers(&layers)?;
-    let inputs = super::write_inputs(scratch.path(), source, snapshot, &layers, &installed)?;
+    // The request and response size limits the glue applies (pycage's host
+    // applies them around the guest; another host does not know them), and
+    // how wasmtime's key-value interface pages and counts (`pycage.kv`).
+    let kv_draft = imports.contains(&"wasi:keyvalue/store@0.2.0-draft");
+    let extra_config = format!(
+        "MAX_REQUEST_BODY = {}\nMAX_RESPONSE_BODY = {}\nOPTIONAL_CAPABILITIES = True\n\
+         KV_DRAFT = {}\n",
+        limits.max_request_body,
+        limits.max_response_body,
+        if kv_draft { "True" } else { "False" },
+    );
+    let inputs = super::write_inputs(
+        scratch.path(),
+        source,
+        snapshot,
+        &layers,
+        &installed,
+        &extra_config,
+    )?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| LoadError::Io { path, source }
     };
-    // The request and response size limits the glue applies (pycage's host
-    // applies them around the guest; another host does not know them).
-    let config = inputs.python_path[0].join("pycage_build_config.py");
-    let mut text = std::fs::read_to_string(&config).map_err(io(&config))?;
-    text.push_str(&format!(
-        "MAX_REQUEST_BODY = {}\nMAX_RESPONSE_BODY = {}\nOPTIONAL_CAPABILITIES = True\n",
-        limits.max_request_body, limits.max_response_body
-    ));
-    // wasmtime's key-value interface pages and counts differently (pycage.kv).
-    let kv_draft = imports.contains(&"wasi:keyvalue/store@0.2.0-draft");
-    text.push_str(if kv_draft {
-        "KV_DRAFT = True\n"
-    } else {
-        "KV_DRAFT = False\n"
-    });
-    std::fs::write(&config, text).map_err(io(&config))?;
     let wit_dir = scratch.path().join("wit-export");
     wit::write_export_to(&wit_dir, imports).map_err(io(&wit_dir))?;
     let out = scratch.path().join("out");

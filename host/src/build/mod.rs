@@ -110,25 +110,15 @@ pub(crate) fn ensure_built(
         return Ok(Ready { built, stdlib });
     }
 
-    // Installing dependencies (building source distributions included)
-    // has a timeout of its own; the image build then gets the whole budget.
-    deps::install_missing(
-        &layers,
-        cache,
-        &settings.isolation,
-        &settings.limits,
-        on_event,
-    )?;
-    let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
-    let deadline = Instant::now() + settings.limits.timeout;
-    let started = Instant::now();
-    on_event(LoadEvent::Building {
-        source: &source.path,
-    });
+    let Begun {
+        stdlib,
+        started,
+        deadline,
+    } = begin_build(settings, source, &layers, on_event)?;
     let dir = cache.handler_dir(&key);
     let scratch = cache.scratch_for(&dir)?;
     let installed = installed_layers(&layers)?;
-    let inputs = write_inputs(scratch.path(), source, snapshot, &layers, &installed)?;
+    let inputs = write_inputs(scratch.path(), source, snapshot, &layers, &installed, "")?;
     let out = scratch.path().join("out");
     private_dir(cache, &out)?;
     let job = Job {
@@ -257,6 +247,44 @@ fn staged_layers(
     deps::layers(source, snapshot, venv, &settings.cache, on_event)
 }
 
+/// A cache-miss build, begun: the standard library's export, and when the
+/// build's own time started and runs out.
+struct Begun {
+    stdlib: OwnedFd,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// Install the missing dependency layers, make sure the standard library
+/// is exported, and announce the build. Installing (source distributions
+/// included) has a timeout of its own; the build then gets the whole
+/// budget, from here.
+fn begin_build(
+    settings: &BuildSettings,
+    source: &HandlerSource,
+    layers: &[Layer],
+    on_event: &dyn Fn(LoadEvent<'_>),
+) -> Result<Begun, LoadError> {
+    let cache = &settings.cache;
+    deps::install_missing(
+        layers,
+        cache,
+        &settings.isolation,
+        &settings.limits,
+        on_event,
+    )?;
+    let stdlib = stdlib::ensure(cache, &settings.isolation, &settings.limits, on_event)?;
+    on_event(LoadEvent::Building {
+        source: &source.path,
+    });
+    let started = Instant::now();
+    Ok(Begun {
+        stdlib,
+        started,
+        deadline: started + settings.limits.timeout,
+    })
+}
+
 /// Run a handler's build `job` in a worker with what is left of the
 /// build's time until `deadline`; the handler's output is shown, a refusal
 /// or a failure becomes the load error that names it.
@@ -365,14 +393,16 @@ fn private_dir(cache: &Cache, dir: &Path) -> Result<(), LoadError> {
         .map_err(|e| cache.refuse(dir, e))
 }
 
-/// Write the framework, the WIT, the handler's files and its layers into
-/// the build directory, fresh from what was staged.
+/// Write the framework (its build configuration ending with
+/// `extra_config`), the WIT, the handler's files and its layers into the
+/// build directory, fresh from what was staged.
 fn write_inputs<'a>(
     scratch: &Path,
     source: &HandlerSource,
     snapshot: &'a Snapshot,
     layers: &'a [Layer],
     installed: &'a [Option<Snapshot>],
+    extra_config: &str,
 ) -> Result<Laid<'a>, LoadError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -388,6 +418,7 @@ fn write_inputs<'a>(
         &source.entry_module,
         source.app_attribute.as_deref(),
         &layer_mounts,
+        extra_config,
     )
     .map_err(io(&framework_dir))?;
     wit::write_to(&wit_dir).map_err(io(&wit_dir))?;

@@ -437,24 +437,15 @@ async fn shutdown_signal() {
 fn export_tenant(args: &ExportArgs) -> Result<(TenantConfig, Option<ServeConfig>), Failure> {
     match (&args.config, &args.handler) {
         (Some(path), _) => {
-            // `--tenant` picks the file's tenant here; every other grant
-            // flag would contradict the file.
-            let flags = GrantArgs {
-                tenant: None,
-                data_dir: None,
-                kv: args.grants.kv.clone(),
-                allow_outbound: args.grants.allow_outbound.clone(),
-                resolve: args.grants.resolve.clone(),
-                vars: args.grants.vars.clone(),
-                secrets: args.grants.secrets.clone(),
-            };
+            // `--tenant` picks the file's tenant here; every other grant or
+            // limit flag would contradict the file.
             let limits = &args.limits;
             let limit_flags = limits.timeout.is_some()
                 || limits.memory_mib.is_some()
                 || limits.max_request_body.is_some()
                 || limits.max_response_body.is_some()
                 || limits.max_output.is_some();
-            if FlagGrants::grants_anything(&flags) || limit_flags {
+            if FlagGrants::grants_capabilities(&args.grants) || limit_flags {
                 return Err(Failure::Usage(
                     "with --config, the tenant's grants and limits come from the file, not from \
                      flags (--tenant NAME picks the tenant)"

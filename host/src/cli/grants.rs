@@ -29,12 +29,17 @@ impl FlagGrants {
     /// Whether any flag but `--data-dir` (which `PYCAGE_DATA_DIR` may set)
     /// was given.
     pub fn grants_anything(args: &GrantArgs) -> bool {
+        Self::grants_capabilities(args) || args.tenant.is_some()
+    }
+
+    /// Whether a capability flag was given (`--tenant` and `--data-dir`
+    /// grant none themselves).
+    pub fn grants_capabilities(args: &GrantArgs) -> bool {
         !(args.kv.is_empty()
             && args.allow_outbound.is_empty()
             && args.resolve.is_empty()
             && args.vars.is_empty()
-            && args.secrets.is_empty()
-            && args.tenant.is_none())
+            && args.secrets.is_empty())
     }
 
     /// Check the flags; the error names the flag and says what is wrong.

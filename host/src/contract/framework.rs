@@ -106,12 +106,14 @@ pub(crate) const SDIST_BUILDER: &str = include_str!("../../../guest-python/pycag
 pub(crate) const SDIST_BUILDER_MODULE: &str = "pycage_sdist_build";
 
 /// Write the framework plus its per-build configuration into `dir`
-/// (mounted at /0 during pre-initialisation).
+/// (mounted at /0 during pre-initialisation); `extra_config` (Python
+/// assignments) ends the configuration.
 pub(crate) fn write_framework(
     dir: &Path,
     entry_module: &str,
     app_attribute: Option<&str>,
     layer_mounts: &[String],
+    extra_config: &str,
 ) -> std::io::Result<()> {
     for (relative, source) in FRAMEWORK_FILES {
         let path = dir.join(relative);
@@ -131,7 +133,7 @@ pub(crate) fn write_framework(
             "ENTRY_MODULE = {entry_module:?}\nAPP_ATTRIBUTE = {app}\nIMPORT_DIR = {import:?}\n\
              REPORT_PATH = \"{framework}/{BUILD_REPORT}\"\n\
              OBJECTS_PATH = \"{framework}/{SNAPSHOT_OBJECTS}\"\n\
-             VENDOR_DIR = \"{import}/{VENDOR_DIR}\"\nLAYER_DIRS = {layer_mounts:?}\n",
+             VENDOR_DIR = \"{import}/{VENDOR_DIR}\"\nLAYER_DIRS = {layer_mounts:?}\n{extra_config}",
         ),
     )
 }

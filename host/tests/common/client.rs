@@ -32,6 +32,18 @@ pub async fn send(
     path: &str,
     body: Vec<u8>,
 ) -> Result<Reply, String> {
+    send_with_headers(addr, method, host, path, &[], body).await
+}
+
+/// [`send`], with these headers after `host`.
+pub async fn send_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Reply, String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -39,10 +51,14 @@ pub async fn send(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(method)
         .uri(path)
-        .header("host", host)
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let response = sender
